@@ -1,1 +1,198 @@
-//! (being written)
+//! The one error type of byok-core.
+//!
+//! Every message, hint and detail here reaches end users (through SQLSTATE
+//! errors in Postgres and through sidecar logs), so none of them may carry key
+//! material: variants hold only vendors, lengths, line numbers, versions and
+//! fixed reasons. The single exception that holds user text,
+//! [`CoreError::UnknownVendor`], stores an already redacted, truncated copy.
+
+use crate::redact::redact;
+use crate::vendor::Vendor;
+
+/// How many characters of an unknown vendor name a message quotes: enough to
+/// recognise a typo, too few to carry a secret someone pasted in the wrong box.
+const VENDOR_QUOTE_CHARS: usize = 20;
+
+/// Everything that can go wrong in byok-core.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("unknown vendor \"{shown}\"")]
+    UnknownVendor {
+        /// Redacted, at most 20 characters; build it with
+        /// [`CoreError::unknown_vendor`].
+        shown: String,
+    },
+    #[error("the API key is empty")]
+    EmptyKey,
+    #[error("the API key is {len} bytes long; no API key is longer than {max}", max = crate::keys::MAX_INPUT_LEN)]
+    KeyTooLong { len: usize },
+    #[error("the API key contains whitespace inside it")]
+    InnerWhitespace,
+    #[error("this is not an {} API key: {}", vendor.display_name(), expected_shape(*vendor))]
+    NotAKey { vendor: Vendor },
+    #[error("this looks like an {} admin key ({}…); pg_byok stores only API keys", vendor.display_name(), admin_prefix(*vendor))]
+    AdminKey { vendor: Vendor },
+    #[error("this looks like an Anthropic OAuth token (sk-ant-oat01-… or sk-ant-ort01-…), not an API key")]
+    OAuthToken,
+    #[error("this looks like an {} API key, but the vendor given is {}", found.display_name(), expected.display_name())]
+    WrongVendor { expected: Vendor, found: Vendor },
+    #[error("the stored key failed authentication: its ciphertext was altered or moved to another row")]
+    Tampered { reason: &'static str },
+    #[error("master key version {version} is not loaded, and this key was encrypted with it")]
+    MasterKeyMissing { version: u32 },
+    #[error("the master key loaded as version {version} is not the one that encrypted this key")]
+    MasterKeyMismatch { version: u32 },
+    #[error("no master key is configured")]
+    NoMasterKey,
+    #[error("{}", keyring_message(*line, reason))]
+    Keyring { line: usize, reason: &'static str },
+    #[error("BYOK_MASTER_KEY is unusable: {reason}")]
+    BadEnvKey { reason: &'static str },
+    /// For callers (the extension) that receive SQL NULL where a value is
+    /// required; lives here so one enum covers every SQLSTATE we raise.
+    #[error("{name} must not be NULL")]
+    NullArgument { name: &'static str },
+}
+
+/// The class of an error; the extension maps each to one SQLSTATE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// SQLSTATE 22023 (invalid_parameter_value).
+    InvalidArgument,
+    /// SQLSTATE 22004 (null_value_not_allowed).
+    NullValue,
+    /// SQLSTATE XX001 (data_corrupted).
+    Tampered,
+    /// SQLSTATE 55000 (object_not_in_prerequisite_state).
+    MasterKeyUnavailable,
+}
+
+impl CoreError {
+    /// Builds [`CoreError::UnknownVendor`] from raw user input. The input is
+    /// redacted *before* truncation, so a key pasted into the vendor argument
+    /// is masked as a whole rather than cut to a 20-character prefix that
+    /// would no longer look key-shaped and would leak its first characters.
+    pub fn unknown_vendor(raw: &str) -> CoreError {
+        let redacted = redact(raw.trim());
+        let shown = redacted
+            .chars()
+            .take(VENDOR_QUOTE_CHARS)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        CoreError::UnknownVendor { shown }
+    }
+
+    /// The SQLSTATE class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        use CoreError::*;
+        match self {
+            UnknownVendor { .. } | EmptyKey | KeyTooLong { .. } | InnerWhitespace
+            | NotAKey { .. } | AdminKey { .. } | OAuthToken | WrongVendor { .. } => {
+                ErrorKind::InvalidArgument
+            }
+            NullArgument { .. } => ErrorKind::NullValue,
+            Tampered { .. } => ErrorKind::Tampered,
+            MasterKeyMissing { .. } | MasterKeyMismatch { .. } | NoMasterKey
+            | Keyring { .. } | BadEnvKey { .. } => ErrorKind::MasterKeyUnavailable,
+        }
+    }
+
+    /// What the user should do next.
+    pub fn hint(&self) -> Option<String> {
+        use CoreError::*;
+        let text = match self {
+            UnknownVendor { .. } => "Use 'anthropic' or 'openai'.".to_owned(),
+            EmptyKey => "Paste the whole API key from the vendor's console.".to_owned(),
+            KeyTooLong { .. } => "Paste only the API key, not the text around it.".to_owned(),
+            InnerWhitespace => "Copy the key again in one piece; spaces or line breaks inside \
+                 a key come from wrapped text or a partial copy."
+                .to_owned(),
+            NotAKey { vendor } => format!(
+                "Copy the key again from {}; make sure it was not cut off.",
+                console(*vendor)
+            ),
+            AdminKey { vendor } => format!(
+                "Create an API key in {} and paste that instead.",
+                console(*vendor)
+            ),
+            OAuthToken => format!(
+                "Create an API key in {} and paste that instead; OAuth tokens from a \
+                 Claude sign-in expire and are not accepted by the API with x-api-key.",
+                console(Vendor::Anthropic)
+            ),
+            WrongVendor { found, .. } => format!(
+                "Pass vendor => '{}', or paste a key of the vendor you meant.",
+                found.as_str()
+            ),
+            Tampered { .. } => "Add the key again, and check who can write to byok.keys.".to_owned(),
+            MasterKeyMissing { version } => format!(
+                "Add version {version} of the master key to the keyring file named by \
+                 byok.master_key_file (keep old versions until every key is rewrapped), \
+                 then restart Postgres."
+            ),
+            MasterKeyMismatch { version } => format!(
+                "Restore the original keyring file (byok.master_key_file) or BYOK_MASTER_KEY \
+                 that held version {version}, then restart Postgres."
+            ),
+            NoMasterKey => "Set byok.master_key_file to a keyring file readable only by the \
+                 server's OS user, or set BYOK_MASTER_KEY (64 hex characters) in the server's \
+                 environment, then restart Postgres."
+                .to_owned(),
+            Keyring { .. } => "Each line must read '<version> <64 hex characters>'; '#' starts \
+                 a comment. Generate a key with: openssl rand -hex 32"
+                .to_owned(),
+            BadEnvKey { .. } => "Set BYOK_MASTER_KEY to 64 hex characters, e.g. the output of: \
+                 openssl rand -hex 32"
+                .to_owned(),
+            NullArgument { name } => format!("Pass a value for {name}."),
+        };
+        Some(text)
+    }
+
+    /// Extra context beyond message and hint; never key material.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            CoreError::Tampered { reason } => Some(format!("check failed: {reason}")),
+            CoreError::MasterKeyMismatch { .. } => Some(
+                "the fingerprint recorded in the ciphertext matches no key in the keyring".to_owned(),
+            ),
+            CoreError::WrongVendor { expected, .. } => Some(format!(
+                "{}: {}",
+                expected.display_name(),
+                expected_shape(*expected)
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The accepted shape, stated the way a user can check it by eye.
+fn expected_shape(vendor: Vendor) -> &'static str {
+    match vendor {
+        Vendor::Anthropic => "an Anthropic API key starts with sk-ant-api03- and is 108 characters long",
+        Vendor::OpenAi => "an OpenAI API key starts with sk-proj- or sk-svcacct- (older keys: sk-) \
+             and is about 164 characters long (51 for older keys)",
+    }
+}
+
+fn admin_prefix(vendor: Vendor) -> &'static str {
+    match vendor {
+        Vendor::Anthropic => "sk-ant-admin01-",
+        Vendor::OpenAi => "sk-admin-",
+    }
+}
+
+fn console(vendor: Vendor) -> &'static str {
+    match vendor {
+        Vendor::Anthropic => "the Anthropic console (Settings → API keys)",
+        Vendor::OpenAi => "the OpenAI dashboard (API keys)",
+    }
+}
+
+fn keyring_message(line: usize, reason: &str) -> String {
+    if line == 0 {
+        format!("keyring file: {reason}")
+    } else {
+        format!("keyring file, line {line}: {reason}")
+    }
+}
