@@ -32,7 +32,11 @@ pub fn retry_delay_seconds(attempt: u32, retry_after: Option<u32>, jitter: f64) 
     // and capping the exponent avoids overflow.
     let exponent = attempt.max(1).saturating_sub(1).min(16);
     let base = (BASE_DELAY_SECONDS * f64::from(1u32 << exponent)).min(MAX_DELAY_SECONDS);
-    let jitter = if jitter.is_nan() { 0.0 } else { jitter.clamp(0.0, 1.0) };
+    let jitter = if jitter.is_nan() {
+        0.0
+    } else {
+        jitter.clamp(0.0, 1.0)
+    };
     let delay = base / 2.0 + jitter * base / 2.0;
     match retry_after {
         Some(seconds) => delay.max(f64::from(seconds)).min(MAX_RETRY_AFTER_SECONDS),
@@ -52,7 +56,10 @@ mod tests {
 
     #[test]
     fn attempt_zero_counts_as_one() {
-        assert_eq!(retry_delay_seconds(0, None, 0.5), retry_delay_seconds(1, None, 0.5));
+        assert_eq!(
+            retry_delay_seconds(0, None, 0.5),
+            retry_delay_seconds(1, None, 0.5)
+        );
     }
 
     #[test]
@@ -90,7 +97,10 @@ mod tests {
             for j in [0.0, 0.25, 0.5, 0.75, 0.999] {
                 let base = (10.0 * 2f64.powi(attempt as i32 - 1)).min(900.0);
                 let d = retry_delay_seconds(attempt, None, j);
-                assert!(d >= base / 2.0 && d <= base, "attempt {attempt} jitter {j}: {d}");
+                assert!(
+                    d >= base / 2.0 && d <= base,
+                    "attempt {attempt} jitter {j}: {d}"
+                );
             }
         }
     }

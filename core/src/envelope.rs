@@ -56,9 +56,17 @@ pub fn seal(keyring: &Keyring, aad: &Aad, plaintext: &[u8]) -> Result<Vec<u8>, C
     OsRng.fill_bytes(&mut nonce);
     let aad_bytes = full_aad(&blob[..HEADER_LEN], aad);
     let ciphertext = cipher(key)
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad_bytes })
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad: &aad_bytes,
+            },
+        )
         // aes-gcm refuses only messages beyond 64 GiB.
-        .map_err(|_| CoreError::KeyTooLong { len: plaintext.len() })?;
+        .map_err(|_| CoreError::KeyTooLong {
+            len: plaintext.len(),
+        })?;
     blob.extend_from_slice(&nonce);
     blob.extend_from_slice(&ciphertext);
     Ok(blob)
@@ -76,36 +84,57 @@ pub fn open(keyring: &Keyring, aad: &Aad, blob: &[u8]) -> Result<Zeroizing<Vec<u
     let (nonce, ciphertext) = blob[HEADER_LEN..].split_at(NONCE_LEN);
     let aad_bytes = full_aad(&blob[..HEADER_LEN], aad);
     cipher(key)
-        .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &aad_bytes })
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: &aad_bytes,
+            },
+        )
         .map(Zeroizing::new)
-        .map_err(|_| CoreError::Tampered { reason: "authentication tag mismatch" })
+        .map_err(|_| CoreError::Tampered {
+            reason: "authentication tag mismatch",
+        })
 }
 
 /// The master key version a blob was sealed with (to find blobs that need
 /// rewrapping under the primary key). Checks length and format only.
 pub fn header_version(blob: &[u8]) -> Result<u32, CoreError> {
     if blob.len() < MIN_BLOB_LEN {
-        return Err(CoreError::Tampered { reason: "ciphertext too short" });
+        return Err(CoreError::Tampered {
+            reason: "ciphertext too short",
+        });
     }
     if blob[0] != FORMAT_V1 {
-        return Err(CoreError::Tampered { reason: "unknown ciphertext format" });
+        return Err(CoreError::Tampered {
+            reason: "unknown ciphertext format",
+        });
     }
-    Ok(u32::from_be_bytes(blob[1..5].try_into().expect("4-byte slice")))
+    Ok(u32::from_be_bytes(
+        blob[1..5].try_into().expect("4-byte slice"),
+    ))
 }
 
 /// Picks the key for a blob, or decides why there is none. The order of the
 /// checks makes any single corrupted header byte come out as Tampered, while
 /// an intact blob under a foreign keyring comes out as a 55000 error.
-fn key_for<'k>(keyring: &'k Keyring, version: u32, fp: &[u8; 16]) -> Result<&'k MasterKey, CoreError> {
-    const VERSION_CORRUPTED: CoreError =
-        CoreError::Tampered { reason: "master key version field corrupted" };
+fn key_for<'k>(
+    keyring: &'k Keyring,
+    version: u32,
+    fp: &[u8; 16],
+) -> Result<&'k MasterKey, CoreError> {
+    const VERSION_CORRUPTED: CoreError = CoreError::Tampered {
+        reason: "master key version field corrupted",
+    };
     match keyring.get(version) {
         Some(key) if key.fingerprint() == *fp => Ok(key),
         Some(key) => {
             let ours = key.fingerprint();
             let differing = ours.iter().zip(fp).filter(|(a, b)| a != b).count();
             if differing <= MAX_CORRUPTED_FP_BYTES {
-                Err(CoreError::Tampered { reason: "key fingerprint corrupted" })
+                Err(CoreError::Tampered {
+                    reason: "key fingerprint corrupted",
+                })
             } else if keyring.find_by_fingerprint(fp).is_some() {
                 Err(VERSION_CORRUPTED)
             } else {

@@ -36,7 +36,9 @@ pub enum CoreError {
     OAuthToken,
     #[error("this looks like an {} API key, but the vendor given is {}", found.display_name(), expected.display_name())]
     WrongVendor { expected: Vendor, found: Vendor },
-    #[error("the stored key failed authentication: its ciphertext was altered or moved to another row")]
+    #[error(
+        "the stored key failed authentication: its ciphertext was altered or moved to another row"
+    )]
     Tampered { reason: &'static str },
     #[error("master key version {version} is not loaded, and this key was encrypted with it")]
     MasterKeyMissing { version: u32 },
@@ -86,14 +88,21 @@ impl CoreError {
     pub fn kind(&self) -> ErrorKind {
         use CoreError::*;
         match self {
-            UnknownVendor { .. } | EmptyKey | KeyTooLong { .. } | InnerWhitespace
-            | NotAKey { .. } | AdminKey { .. } | OAuthToken | WrongVendor { .. } => {
-                ErrorKind::InvalidArgument
-            }
+            UnknownVendor { .. }
+            | EmptyKey
+            | KeyTooLong { .. }
+            | InnerWhitespace
+            | NotAKey { .. }
+            | AdminKey { .. }
+            | OAuthToken
+            | WrongVendor { .. } => ErrorKind::InvalidArgument,
             NullArgument { .. } => ErrorKind::NullValue,
             Tampered { .. } => ErrorKind::Tampered,
-            MasterKeyMissing { .. } | MasterKeyMismatch { .. } | NoMasterKey
-            | Keyring { .. } | BadEnvKey { .. } => ErrorKind::MasterKeyUnavailable,
+            MasterKeyMissing { .. }
+            | MasterKeyMismatch { .. }
+            | NoMasterKey
+            | Keyring { .. }
+            | BadEnvKey { .. } => ErrorKind::MasterKeyUnavailable,
         }
     }
 
@@ -124,7 +133,9 @@ impl CoreError {
                 "Pass vendor => '{}', or paste a key of the vendor you meant.",
                 found.as_str()
             ),
-            Tampered { .. } => "Add the key again, and check who can write to byok.keys.".to_owned(),
+            Tampered { .. } => {
+                "Add the key again, and check who can write to byok.keys.".to_owned()
+            }
             MasterKeyMissing { version } => format!(
                 "Add version {version} of the master key to the keyring file named by \
                  byok.master_key_file (keep old versions until every key is rewrapped), \
@@ -154,7 +165,8 @@ impl CoreError {
         match self {
             CoreError::Tampered { reason } => Some(format!("check failed: {reason}")),
             CoreError::MasterKeyMismatch { .. } => Some(
-                "the fingerprint recorded in the ciphertext matches no key in the keyring".to_owned(),
+                "the fingerprint recorded in the ciphertext matches no key in the keyring"
+                    .to_owned(),
             ),
             CoreError::WrongVendor { expected, .. } => Some(format!(
                 "{}: {}",
@@ -169,9 +181,13 @@ impl CoreError {
 /// The accepted shape, stated the way a user can check it by eye.
 fn expected_shape(vendor: Vendor) -> &'static str {
     match vendor {
-        Vendor::Anthropic => "an Anthropic API key starts with sk-ant-api03- and is 108 characters long",
-        Vendor::OpenAi => "an OpenAI API key starts with sk-proj- or sk-svcacct- (older keys: sk-) \
-             and is about 164 characters long (51 for older keys)",
+        Vendor::Anthropic => {
+            "an Anthropic API key starts with sk-ant-api03- and is 108 characters long"
+        }
+        Vendor::OpenAi => {
+            "an OpenAI API key starts with sk-proj- or sk-svcacct- (older keys: sk-) \
+             and is about 164 characters long (51 for older keys)"
+        }
     }
 }
 

@@ -66,7 +66,9 @@ pub struct Keyring {
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Versions are not secret and help when debugging a rotation.
-        f.debug_struct("Keyring").field("versions", &self.versions()).finish()
+        f.debug_struct("Keyring")
+            .field("versions", &self.versions())
+            .finish()
     }
 }
 
@@ -98,7 +100,10 @@ impl Keyring {
             }
         }
         if keys.is_empty() {
-            return Err(CoreError::Keyring { line: 0, reason: "the file holds no key" });
+            return Err(CoreError::Keyring {
+                line: 0,
+                reason: "the file holds no key",
+            });
         }
         Ok(Keyring { keys })
     }
@@ -107,7 +112,9 @@ impl Keyring {
     /// (surrounding whitespace ignored), loaded as version 1.
     pub fn from_env_value(hex: &str) -> Result<Keyring, CoreError> {
         let key = decode_key(hex.trim()).map_err(|reason| CoreError::BadEnvKey { reason })?;
-        Ok(Keyring { keys: BTreeMap::from([(1, MasterKey::new(key))]) })
+        Ok(Keyring {
+            keys: BTreeMap::from([(1, MasterKey::new(key))]),
+        })
     }
 
     /// The version new encryptions use: the highest loaded.
@@ -117,7 +124,10 @@ impl Keyring {
 
     /// The primary version and its key.
     pub fn primary(&self) -> (u32, &MasterKey) {
-        let (version, key) = self.keys.last_key_value().expect("a Keyring is never empty");
+        let (version, key) = self
+            .keys
+            .last_key_value()
+            .expect("a Keyring is never empty");
         (*version, key)
     }
 

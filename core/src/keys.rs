@@ -88,7 +88,10 @@ fn recognize_kind(s: &str) -> Option<KeyKind> {
     if let Some(body) = s.strip_prefix("sk-ant-admin01-") {
         return (anthropic_len(s) && all_key_bytes(body)).then_some(KeyKind::AnthropicAdmin);
     }
-    if let Some(body) = s.strip_prefix("sk-ant-oat01-").or_else(|| s.strip_prefix("sk-ant-ort01-")) {
+    if let Some(body) = s
+        .strip_prefix("sk-ant-oat01-")
+        .or_else(|| s.strip_prefix("sk-ant-ort01-"))
+    {
         return (body.len() >= 40 && all_key_bytes(body)).then_some(KeyKind::AnthropicOAuth);
     }
     if s.starts_with("sk-ant-") {
@@ -146,9 +149,9 @@ pub fn normalize(vendor: Vendor, raw: &str) -> Result<Zeroizing<String>, CoreErr
         return Err(CoreError::InnerWhitespace);
     }
     match recognize_kind(key) {
-        Some(kind @ (KeyKind::AnthropicAdmin | KeyKind::OpenAiAdmin)) => {
-            Err(CoreError::AdminKey { vendor: kind.vendor() })
-        }
+        Some(kind @ (KeyKind::AnthropicAdmin | KeyKind::OpenAiAdmin)) => Err(CoreError::AdminKey {
+            vendor: kind.vendor(),
+        }),
         Some(KeyKind::AnthropicOAuth) => Err(CoreError::OAuthToken),
         Some(kind) if kind.vendor() != vendor => Err(CoreError::WrongVendor {
             expected: vendor,
@@ -167,13 +170,20 @@ fn refusal_by_prefix(vendor: Vendor, key: &str) -> CoreError {
         if found == vendor {
             CoreError::NotAKey { vendor }
         } else {
-            CoreError::WrongVendor { expected: vendor, found }
+            CoreError::WrongVendor {
+                expected: vendor,
+                found,
+            }
         }
     };
     if key.starts_with("sk-ant-admin01-") {
-        CoreError::AdminKey { vendor: Vendor::Anthropic }
+        CoreError::AdminKey {
+            vendor: Vendor::Anthropic,
+        }
     } else if key.starts_with("sk-admin-") {
-        CoreError::AdminKey { vendor: Vendor::OpenAi }
+        CoreError::AdminKey {
+            vendor: Vendor::OpenAi,
+        }
     } else if key.starts_with("sk-ant-oat01-") || key.starts_with("sk-ant-ort01-") {
         CoreError::OAuthToken
     } else if key.starts_with("sk-ant-") {

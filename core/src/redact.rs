@@ -58,7 +58,11 @@ fn key_runs(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
         while let Some(found) = memmem::find(&bytes[pos..], PREFIX) {
             let start = pos + found;
             let body = start + PREFIX.len();
-            let end = body + bytes[body..].iter().take_while(|&&b| is_key_byte(b)).count();
+            let end = body
+                + bytes[body..]
+                    .iter()
+                    .take_while(|&&b| is_key_byte(b))
+                    .count();
             // Any later "sk-" inside a too-short run has a shorter run still,
             // so the scan can resume after the run either way.
             pos = end;

@@ -69,12 +69,22 @@ fn env_value_is_version_one() {
     let ring = Keyring::from_env_value(&format!("  {K2}\n")).unwrap();
     assert_eq!(ring.versions(), vec![1]);
     let from_file = Keyring::parse_file(&format!("1 {K2}")).unwrap();
-    assert_eq!(ring.get(1).unwrap().fingerprint(), from_file.get(1).unwrap().fingerprint());
+    assert_eq!(
+        ring.get(1).unwrap().fingerprint(),
+        from_file.get(1).unwrap().fingerprint()
+    );
 }
 
 #[test]
 fn bad_env_values_are_refused_without_echo() {
-    for bad in ["", "   ", &K1[..63], &format!("{K1}0"), &format!("{}g", &K1[..63]), &format!("1 {K1}")] {
+    for bad in [
+        "",
+        "   ",
+        &K1[..63],
+        &format!("{K1}0"),
+        &format!("{}g", &K1[..63]),
+        &format!("1 {K1}"),
+    ] {
         let e = Keyring::from_env_value(bad).unwrap_err();
         assert!(matches!(e, CoreError::BadEnvKey { .. }), "{e}");
         assert_eq!(e.kind(), ErrorKind::MasterKeyUnavailable);
@@ -98,7 +108,10 @@ fn debug_prints_no_key_material() {
     assert!(shown.contains("MasterKey(<redacted>)"));
     assert!(shown.contains("[1, 2]"), "{shown}");
     for key in [K1, K2] {
-        assert!(!shown.to_lowercase().contains(&key.to_lowercase()[..8]), "{shown}");
+        assert!(
+            !shown.to_lowercase().contains(&key.to_lowercase()[..8]),
+            "{shown}"
+        );
     }
     // Nor bytes in decimal (a derived Debug of [u8; 32] would print "1, 1, 1").
     assert!(!shown.contains("1, 1, 1"), "{shown}");

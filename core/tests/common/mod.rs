@@ -9,11 +9,17 @@ use proptest::prelude::*;
 pub const KEY_CHARS: &str = "[A-Za-z0-9_-]";
 
 pub fn anthropic_api() -> String {
-    format!("sk-ant-api03-{}AA", "aB3_-xYz9".repeat(11).chars().take(93).collect::<String>())
+    format!(
+        "sk-ant-api03-{}AA",
+        "aB3_-xYz9".repeat(11).chars().take(93).collect::<String>()
+    )
 }
 
 pub fn anthropic_admin() -> String {
-    format!("sk-ant-admin01-{}AA", "Qw7-_e".repeat(16).chars().take(93).collect::<String>())
+    format!(
+        "sk-ant-admin01-{}AA",
+        "Qw7-_e".repeat(16).chars().take(93).collect::<String>()
+    )
 }
 
 pub fn anthropic_oauth(kind: &str) -> String {
@@ -72,7 +78,9 @@ pub fn any_published_key() -> impl Strategy<Value = String> {
 
 /// Malformed but key-shaped runs: `sk-` plus 20..200 key characters.
 pub fn malformed_sk_run() -> impl Strategy<Value = String> {
-    (20usize..200).prop_flat_map(body).prop_map(|b| format!("sk-{b}"))
+    (20usize..200)
+        .prop_flat_map(body)
+        .prop_map(|b| format!("sk-{b}"))
 }
 
 /// Filler text around keys: letters, punctuation, JSON and URL syntax,
