@@ -1,2 +1,64 @@
+//! pg_byok: bring-your-own-key vendor key store for Postgres.
+//!
+//! The Rust side converts types and calls byok-core (normalise, seal, open,
+//! mask, redact, retry rules); the policy that is naturally SQL (tables,
+//! RLS, grants, triggers, the queue) lives in sql/, wired in by sql_api.rs.
+
 use pgrx::prelude::*;
+
 ::pgrx::pg_module_magic!(name, version);
+
+mod error;
+mod master_key;
+mod queue;
+mod sealing;
+mod settings;
+mod sql_api;
+mod text;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests_support;
+
+/// Settings and hooks, nothing else. In the postmaster (preloaded) the
+/// keyring is also loaded here, so `BYOK_MASTER_KEY` leaves the environment
+/// before any backend is forked.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    settings::register();
+    // SAFETY: a plain read of a Postgres global, on the only thread, during
+    // library load.
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    if preloading {
+        master_key::preload();
+    }
+}
+
+/// Used by `cargo pgrx test`: the cluster pgrx starts for the #[pg_test]s.
+#[cfg(test)]
+pub mod pg_test {
+    /// Where the tests' keyring file lives; the server is pointed at it.
+    const KEYRING: &str = "/tmp/pg_byok_pg_test.keyring";
+
+    /// Runs in the test process before each test: make sure the keyring
+    /// file exists, readable by the server's OS user only.
+    pub fn setup(_options: Vec<&str>) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::path::Path::new(KEYRING);
+        if !path.exists() {
+            let key = byok_core::keyring::generate_hex_key();
+            std::fs::write(path, format!("# pg_byok test keyring\n1 {}\n", key.as_str())).unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if let Ok(user) = std::env::var("CARGO_PGRX_TEST_RUNAS") {
+                let status = std::process::Command::new("chown").arg(&user).arg(path).status().unwrap();
+                assert!(status.success(), "chown {user} {KEYRING} failed");
+            }
+        }
+    }
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![
+            "shared_preload_libraries = 'pg_byok'",
+            "byok.master_key_file = '/tmp/pg_byok_pg_test.keyring'",
+        ]
+    }
+}

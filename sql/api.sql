@@ -1,0 +1,157 @@
+-- pg_byok public API: add, list, revoke, revalidate and use keys.
+--
+-- Every function is SECURITY DEFINER with a pinned search_path, checks its
+-- arguments (22004 for NULL, 22023 for bad values) and byok.authorize before
+-- touching a row (42501). The plaintext key is handled only by the Rust
+-- functions byok._seal and byok._open; it never reaches a table.
+
+CREATE FUNCTION byok.add_key(workspace_id uuid, vendor text, api_key text, label text DEFAULT NULL)
+RETURNS byok.key_info
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    sealed record;
+    k byok.keys;
+    clean_label text;
+BEGIN
+    PERFORM byok._require(add_key.workspace_id, 'workspace_id');
+    PERFORM byok._require(add_key.vendor, 'vendor');
+    PERFORM byok._require(add_key.api_key, 'api_key');
+    IF NOT byok.authorize(add_key.workspace_id) THEN
+        PERFORM byok._deny_workspace(add_key.workspace_id);
+    END IF;
+    clean_label := byok._clean_text(add_key.label, 'label', 200);
+    -- Normalise, check the shape and encrypt, all in Rust, before any row exists.
+    SELECT * INTO sealed FROM byok._seal(add_key.workspace_id, add_key.vendor, add_key.api_key);
+    INSERT INTO byok.keys (id, workspace_id, vendor, label, masked, status, ciphertext)
+    VALUES (sealed.id, add_key.workspace_id, sealed.vendor, clean_label, sealed.masked, 'pending',
+            sealed.ciphertext)
+    RETURNING * INTO k;
+    INSERT INTO byok.jobs (key_id) VALUES (k.id);
+    -- Identical notifications within a transaction are delivered once.
+    PERFORM pg_notify('byok_jobs', '');
+    PERFORM byok._audit('add', k.id, k.workspace_id, k.vendor, 'pending', clean_label);
+    RETURN byok._info(k);
+END
+$$;
+COMMENT ON FUNCTION byok.add_key(uuid, text, text, text) IS
+    'Store a vendor key for a workspace (encrypted), queue its validation; returns the masked key_info';
+
+CREATE FUNCTION byok.list_keys(workspace_id uuid) RETURNS SETOF byok.key_info
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM byok._require(list_keys.workspace_id, 'workspace_id');
+    IF NOT byok.authorize(list_keys.workspace_id) THEN
+        PERFORM byok._deny_workspace(list_keys.workspace_id);
+    END IF;
+    RETURN QUERY
+        SELECT (byok._info(k)).* FROM byok.keys k
+         WHERE k.workspace_id = list_keys.workspace_id
+         ORDER BY k.created_at DESC, k.id;
+END
+$$;
+COMMENT ON FUNCTION byok.list_keys(uuid) IS 'A workspace''s keys, newest first, masked';
+
+CREATE FUNCTION byok.revoke_key(key_id uuid, reason text DEFAULT 'revoked by user')
+RETURNS byok.key_info
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    k byok.keys;
+    clean_reason text;
+BEGIN
+    PERFORM byok._require(revoke_key.reason, 'reason');
+    k := byok._key_for_caller(revoke_key.key_id);
+    clean_reason := coalesce(byok._clean_text(revoke_key.reason, 'reason', 500), 'revoked by user');
+    PERFORM byok._revoke(ARRAY[k.id], NULL, clean_reason, 'user');
+    SELECT * INTO k FROM byok.keys WHERE id = k.id;
+    RETURN byok._info(k);
+END
+$$;
+COMMENT ON FUNCTION byok.revoke_key(uuid, text) IS
+    'Revoke a key now (its ciphertext is erased); revoking a dead key changes nothing';
+
+CREATE FUNCTION byok.revoke_workspace(workspace_id uuid, reason text DEFAULT 'workspace revoked')
+RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM byok._require(revoke_workspace.workspace_id, 'workspace_id');
+    PERFORM byok._require(revoke_workspace.reason, 'reason');
+    IF NOT byok.authorize(revoke_workspace.workspace_id) THEN
+        PERFORM byok._deny_workspace(revoke_workspace.workspace_id);
+    END IF;
+    RETURN byok._revoke(NULL, ARRAY[revoke_workspace.workspace_id],
+        coalesce(byok._clean_text(revoke_workspace.reason, 'reason', 500), 'workspace revoked'),
+        'user');
+END
+$$;
+COMMENT ON FUNCTION byok.revoke_workspace(uuid, text) IS
+    'Revoke every live key of a workspace; returns how many were revoked';
+
+CREATE FUNCTION byok.revalidate_key(key_id uuid) RETURNS byok.key_info
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    k byok.keys;
+BEGIN
+    k := byok._key_for_caller(revalidate_key.key_id);
+    IF k.status IN ('revoked', 'invalid') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('key %s is %s and can no longer be validated', k.masked, k.status),
+            HINT = 'Its ciphertext was erased; add the key again with byok.add_key.';
+    END IF;
+    -- An active key keeps serving while it is re-checked; an unverified one
+    -- goes back to pending.
+    IF k.status = 'unverified' THEN
+        UPDATE byok.keys SET status = 'pending', status_detail = NULL WHERE id = k.id RETURNING * INTO k;
+    END IF;
+    -- A job under a live lease is left alone: its worker will finish it.
+    INSERT INTO byok.jobs (key_id) VALUES (k.id)
+    ON CONFLICT (key_id) DO UPDATE
+        SET attempts = 0, run_after = clock_timestamp(), lease_token = NULL, leased_by = NULL
+        WHERE byok.jobs.lease_token IS NULL OR byok.jobs.run_after <= clock_timestamp();
+    PERFORM pg_notify('byok_jobs', '');
+    PERFORM byok._audit('revalidate', k.id, k.workspace_id, k.vendor, k.status, NULL);
+    RETURN byok._info(k);
+END
+$$;
+COMMENT ON FUNCTION byok.revalidate_key(uuid) IS 'Queue a fresh validation of a pending, active or unverified key';
+
+CREATE FUNCTION byok.use_key(workspace_id uuid, vendor text) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v text;
+    k byok.keys;
+    plain text;
+BEGIN
+    PERFORM byok._require(use_key.workspace_id, 'workspace_id');
+    PERFORM byok._require(use_key.vendor, 'vendor');
+    IF NOT byok._caller_has_role('byok_consumer') THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'permission denied: byok.use_key is for the byok_consumer role',
+            HINT = 'Call it from your backend as a role granted byok_consumer (service_role on Supabase).';
+    END IF;
+    v := byok._vendor(use_key.vendor);
+    SELECT * INTO k FROM byok.keys
+     WHERE workspace_id = use_key.workspace_id AND vendor = v AND status = 'active';
+    IF NOT FOUND THEN
+        IF EXISTS (SELECT 1 FROM byok.keys WHERE workspace_id = use_key.workspace_id
+                      AND vendor = v AND status = 'pending') THEN
+            RAISE EXCEPTION USING ERRCODE = 'P0002',
+                MESSAGE = format('no active %s key for workspace %s', v, use_key.workspace_id),
+                HINT = 'A key is pending validation; retry once the sidecar has validated it.';
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = 'P0002',
+            MESSAGE = format('no active %s key for workspace %s', v, use_key.workspace_id),
+            HINT = 'Ask the workspace to add a key with byok.add_key.';
+    END IF;
+    plain := byok._open(k.id, k.workspace_id, k.vendor, k.ciphertext);
+    PERFORM byok._audit('use', k.id, k.workspace_id, k.vendor, 'ok', NULL);
+    RETURN plain;
+END
+$$;
+COMMENT ON FUNCTION byok.use_key(uuid, text) IS
+    'The plaintext of a workspace''s active key for a vendor, for the moment of a vendor call (audited)';

@@ -1,0 +1,137 @@
+-- pg_byok bootstrap: roles, the key_info type, and the tables.
+--
+-- Runs first in CREATE EXTENSION. Everything a caller can see is here; the
+-- functions that act on it come after (api.sql, queue.sql, tenancy.sql) and
+-- the privileges last (grants.sql). The ciphertext column is never granted.
+
+-- Roles are cluster-wide, so they may already exist (another database, an
+-- earlier install); create them only if missing, always NOLOGIN.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'byok_worker') THEN
+        CREATE ROLE byok_worker NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'byok_consumer') THEN
+        CREATE ROLE byok_consumer NOLOGIN;
+    END IF;
+END
+$roles$;
+COMMENT ON ROLE byok_worker IS 'pg_byok: may claim and finish validation jobs (the sidecar), nothing else';
+COMMENT ON ROLE byok_consumer IS 'pg_byok: may call byok.use_key (the backend that makes vendor calls)';
+
+CREATE TYPE byok.key_info AS (
+    id            uuid,
+    workspace_id  uuid,
+    vendor        text,
+    label         text,
+    masked        text,
+    status        text,
+    status_detail text,
+    created_at    timestamptz,
+    validated_at  timestamptz,
+    revoked_at    timestamptz
+);
+
+CREATE TABLE byok.keys (
+    id            uuid PRIMARY KEY,
+    workspace_id  uuid NOT NULL,
+    vendor        text NOT NULL CHECK (vendor IN ('anthropic', 'openai')),
+    label         text CHECK (char_length(label) <= 200),
+    masked        text NOT NULL CHECK (char_length(masked) <= 5),
+    status        text NOT NULL DEFAULT 'pending'
+                  CHECK (status IN ('pending', 'active', 'invalid', 'unverified', 'revoked')),
+    status_detail text CHECK (char_length(status_detail) <= 1000),
+    -- The sealed key (byok-core envelope v1). NULL once the key is invalid or
+    -- revoked: a dead key keeps no ciphertext, so no later master-key leak
+    -- can recover it.
+    ciphertext    bytea,
+    created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    validated_at  timestamptz,
+    revoked_at    timestamptz,
+    -- Why the key was revoked: user, rotated, workspace_deleted, workspace_status.
+    revoked_cause text,
+    CONSTRAINT keys_dead_keys_hold_no_ciphertext
+        CHECK ((status IN ('invalid', 'revoked')) = (ciphertext IS NULL)),
+    CONSTRAINT keys_revoked_has_time CHECK ((status = 'revoked') = (revoked_at IS NOT NULL))
+);
+COMMENT ON TABLE byok.keys IS 'pg_byok: workspace-scoped vendor keys, sealed; read through byok.list_keys or RLS';
+
+-- At most one active key per (workspace, vendor): the database enforces the
+-- rotation rule, not just the functions.
+CREATE UNIQUE INDEX keys_one_active_per_vendor ON byok.keys (workspace_id, vendor)
+    WHERE status = 'active';
+CREATE INDEX keys_by_workspace ON byok.keys (workspace_id, created_at);
+
+ALTER TABLE byok.keys ENABLE ROW LEVEL SECURITY;
+ALTER TABLE byok.keys FORCE ROW LEVEL SECURITY;
+
+-- The validation queue. A job is claimable when run_after has passed: a
+-- claim pushes run_after to the lease's end, so an expired lease makes the
+-- job claimable again without a sweeper. Finished jobs are deleted, so the
+-- table (and its one hot index) holds only live work.
+CREATE TABLE byok.jobs (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    key_id           uuid NOT NULL UNIQUE REFERENCES byok.keys (id) ON DELETE CASCADE,
+    run_after        timestamptz NOT NULL DEFAULT clock_timestamp(),
+    attempts         integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    lease_token      uuid,
+    leased_by        text,
+    last_error       text,
+    created_at       timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX jobs_ready ON byok.jobs (run_after, id);
+COMMENT ON TABLE byok.jobs IS 'pg_byok: pending key validations; claimed with byok.claim_jobs';
+
+-- Vendor health as reported by the sidecars' circuit breakers.
+CREATE TABLE byok.vendor_health (
+    vendor      text PRIMARY KEY CHECK (vendor IN ('anthropic', 'openai')),
+    state       text NOT NULL CHECK (state IN ('closed', 'open', 'half_open')),
+    detail      text,
+    reported_by text,
+    updated_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+CREATE TABLE byok.audit_log (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at           timestamptz NOT NULL DEFAULT clock_timestamp(),
+    actor_role   text NOT NULL,
+    actor_sub    text,
+    action       text NOT NULL
+                 CHECK (action IN ('add', 'validate', 'use', 'revoke', 'rotate', 'revalidate')),
+    key_id       uuid,
+    workspace_id uuid,
+    vendor       text,
+    outcome      text,
+    detail       text
+);
+CREATE INDEX audit_log_by_workspace ON byok.audit_log (workspace_id, at);
+COMMENT ON TABLE byok.audit_log IS 'pg_byok: append-only record of who did what to which key; never key material';
+ALTER TABLE byok.audit_log ENABLE ROW LEVEL SECURITY;
+ALTER TABLE byok.audit_log FORCE ROW LEVEL SECURITY;
+
+-- How byok.authorize finds the caller's workspaces (byok.attach_members).
+CREATE TABLE byok.member_source (
+    singleton        boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    member_table     regclass NOT NULL,
+    workspace_column name NOT NULL,
+    user_column      name NOT NULL,
+    -- The membership test, built once by attach_members from the columns' types.
+    check_sql        text NOT NULL
+);
+
+-- Which app tables revoke keys when a workspace goes away (byok.attach_workspaces).
+CREATE TABLE byok.workspace_source (
+    workspace_table regclass PRIMARY KEY,
+    id_column       name NOT NULL,
+    status_column   name
+);
+
+-- Keys, jobs and the audit trail are data, not extension code: pg_dump must
+-- dump them (ciphertext only; the master key is never in the database).
+SELECT pg_catalog.pg_extension_config_dump('byok.keys', '');
+SELECT pg_catalog.pg_extension_config_dump('byok.jobs', '');
+SELECT pg_catalog.pg_extension_config_dump('byok.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('byok.member_source', '');
+SELECT pg_catalog.pg_extension_config_dump('byok.workspace_source', '');
+SELECT pg_catalog.pg_extension_config_dump('byok.jobs_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('byok.audit_log_id_seq', '');

@@ -1,0 +1,76 @@
+-- pg_byok privileges: runs last in CREATE EXTENSION.
+--
+-- Nothing is granted to PUBLIC. byok_worker gets the queue, byok_consumer
+-- gets use_key, Supabase's roles get exactly what API.md lists (now if they
+-- exist, or later through byok.grant_supabase_roles()). The ciphertext
+-- column of byok.keys is granted to no role at all.
+
+DO $revoke$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p WHERE p.pronamespace = 'byok'::regnamespace LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+END
+$revoke$;
+REVOKE ALL ON ALL TABLES IN SCHEMA byok FROM PUBLIC;
+REVOKE ALL ON SCHEMA byok FROM PUBLIC;
+
+GRANT USAGE ON SCHEMA byok TO byok_worker, byok_consumer;
+GRANT EXECUTE ON FUNCTION
+    byok.claim_jobs(text, integer, integer),
+    byok.finish_job(bigint, uuid, text, text, integer, integer),
+    byok.release_job(bigint, uuid, integer),
+    byok.defer_jobs(text, integer),
+    byok.report_vendor_status(text, text, text, text),
+    byok.queue_depth()
+  TO byok_worker;
+GRANT SELECT ON byok.vendor_status TO byok_worker, byok_consumer;
+GRANT EXECUTE ON FUNCTION byok.use_key(uuid, text) TO byok_consumer;
+
+CREATE FUNCTION byok.grant_supabase_roles() RETURNS text[]
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    granted text[] := '{}';
+    member_functions text := 'byok.add_key(uuid, text, text, text), byok.list_keys(uuid),
+        byok.revoke_key(uuid, text), byok.revalidate_key(uuid), byok.mask(text), byok.redact(text),
+        byok.authorize(uuid)';
+    key_columns text := '(id, workspace_id, vendor, label, masked, status, status_detail,
+        created_at, validated_at, revoked_at)';
+BEGIN
+    PERFORM byok._require_superuser('grant pg_byok to Supabase''s roles');
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
+        -- anon reaches nothing, even if defaults elsewhere granted it something.
+        REVOKE ALL ON ALL FUNCTIONS IN SCHEMA byok FROM anon;
+        REVOKE ALL ON ALL TABLES IN SCHEMA byok FROM anon;
+        REVOKE ALL ON SCHEMA byok FROM anon;
+        granted := granted || 'anon (nothing)'::text;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
+        REVOKE ALL ON ALL FUNCTIONS IN SCHEMA byok FROM authenticated;
+        REVOKE ALL ON ALL TABLES IN SCHEMA byok FROM authenticated;
+        GRANT USAGE ON SCHEMA byok TO authenticated;
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO authenticated', member_functions);
+        EXECUTE format('GRANT SELECT %s ON byok.keys TO authenticated', key_columns);
+        granted := granted || 'authenticated'::text;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+        REVOKE ALL ON ALL FUNCTIONS IN SCHEMA byok FROM service_role;
+        REVOKE ALL ON ALL TABLES IN SCHEMA byok FROM service_role;
+        GRANT USAGE ON SCHEMA byok TO service_role;
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s, byok.revoke_workspace(uuid, text) TO service_role',
+                       member_functions);
+        EXECUTE format('GRANT SELECT %s ON byok.keys TO service_role', key_columns);
+        GRANT SELECT ON byok.audit_log, byok.vendor_status TO service_role;
+        GRANT byok_consumer TO service_role;
+        granted := granted || 'service_role'::text;
+    END IF;
+    RETURN granted;
+END
+$$;
+REVOKE ALL ON FUNCTION byok.grant_supabase_roles() FROM PUBLIC;
+COMMENT ON FUNCTION byok.grant_supabase_roles() IS
+    'Grant anon/authenticated/service_role exactly what pg_byok allows them; run after creating those roles';
+
+SELECT byok.grant_supabase_roles();

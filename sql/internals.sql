@@ -1,0 +1,166 @@
+-- pg_byok internals: who is calling, the audit writer, row conversion and
+-- the one revocation routine every path (user, rotation, workspace
+-- lifecycle) goes through. Nothing here is granted to anyone.
+
+-- The role the caller acts as. Inside a SECURITY DEFINER function
+-- current_user is the extension's owner, so the caller is read from the
+-- `role` setting (what SET [LOCAL] ROLE chose, as PostgREST does), falling
+-- back to the session's login role.
+CREATE FUNCTION byok._caller() RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN current_setting('role') = 'none' THEN session_user::text
+                ELSE current_setting('role') END
+$$;
+
+-- The caller's JWT subject: auth.uid() where Supabase's auth schema has it,
+-- else the claims PostgREST sets. NULL outside an API request.
+CREATE FUNCTION byok._jwt_sub() RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    sub text;
+BEGIN
+    IF to_regprocedure('auth.uid()') IS NOT NULL THEN
+        EXECUTE 'SELECT auth.uid()::text' INTO sub;
+    END IF;
+    IF sub IS NULL THEN
+        sub := nullif(current_setting('request.jwt.claim.sub', true), '');
+    END IF;
+    IF sub IS NULL THEN
+        sub := nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub';
+    END IF;
+    RETURN nullif(sub, '');
+END
+$$;
+
+-- Superusers and Supabase's service_role may act on every workspace.
+CREATE FUNCTION byok._caller_is_trusted() RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    caller text := byok._caller();
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = caller AND rolsuper) THEN
+        RETURN true;
+    END IF;
+    RETURN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role')
+       AND pg_has_role(caller, 'service_role', 'USAGE');
+END
+$$;
+
+CREATE FUNCTION byok._caller_has_role(role_name text) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    caller text := byok._caller();
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = caller AND rolsuper)
+        OR pg_has_role(caller, role_name, 'USAGE');
+END
+$$;
+
+CREATE FUNCTION byok._audit(action text, key_id uuid, workspace_id uuid, vendor text,
+                            outcome text, detail text) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO byok.audit_log (actor_role, actor_sub, action, key_id, workspace_id, vendor, outcome, detail)
+    VALUES (byok._caller(), byok._jwt_sub(), $1, $2, $3, $4, $5, left(byok.redact($6), 1000));
+END
+$$;
+
+CREATE FUNCTION byok._info(k byok.keys) RETURNS byok.key_info
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ROW(k.id, k.workspace_id, k.vendor, k.label, k.masked, k.status, k.status_detail,
+               k.created_at, k.validated_at, k.revoked_at)::byok.key_info
+$$;
+
+-- 22004 with the argument's name when a required argument is NULL.
+CREATE FUNCTION byok._require(value anyelement, what text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = format('%s must not be NULL', what),
+            HINT = format('Pass a non-NULL %s.', what);
+    END IF;
+END
+$$;
+
+-- Free text from callers (labels, reasons, details): trimmed, key-shaped
+-- runs masked, length bounded. Returns NULL for blank input.
+CREATE FUNCTION byok._clean_text(value text, what text, max_len integer) RETURNS text
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cleaned text := nullif(btrim(value, E' \t\r\n'), '');
+BEGIN
+    IF cleaned IS NOT NULL AND char_length(cleaned) > max_len THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('%s is %s characters long; at most %s are allowed', what, char_length(cleaned), max_len),
+            HINT = format('Shorten the %s.', what);
+    END IF;
+    RETURN byok.redact(cleaned);
+END
+$$;
+
+CREATE FUNCTION byok._deny_workspace(workspace_id uuid) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = '42501',
+        MESSAGE = format('permission denied for workspace %s', workspace_id),
+        HINT = 'Sign in as a member of this workspace (see byok.attach_members), or call as service_role.';
+END
+$$;
+
+-- The key a caller names, locked; 42501 for a key the caller may not touch
+-- and, to non-trusted callers, for a key that does not exist, so that key
+-- ids reveal nothing about other workspaces.
+CREATE FUNCTION byok._key_for_caller(key_id uuid) RETURNS byok.keys
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k byok.keys;
+BEGIN
+    PERFORM byok._require(key_id, 'key_id');
+    SELECT * INTO k FROM byok.keys WHERE id = key_id FOR UPDATE;
+    IF FOUND AND byok.authorize(k.workspace_id) THEN
+        RETURN k;
+    END IF;
+    IF NOT FOUND AND byok._caller_is_trusted() THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('no key with id %s', key_id),
+            HINT = 'List a workspace''s keys with byok.list_keys(workspace_id).';
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = format('permission denied for key %s', key_id),
+        HINT = 'Sign in as a member of the key''s workspace, or call as service_role.';
+END
+$$;
+
+-- Revoke keys by id and/or by workspace, in one pass: status, erased
+-- ciphertext, cancelled jobs and one audit row per key, all in the caller's
+-- transaction. Already dead keys are left as they are. Returns the count.
+CREATE FUNCTION byok._revoke(key_ids uuid[], workspace_ids uuid[], reason text, cause text)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n integer;
+BEGIN
+    WITH revoked AS (
+        UPDATE byok.keys k
+           SET status = 'revoked', ciphertext = NULL, revoked_at = clock_timestamp(),
+               revoked_cause = cause, status_detail = reason
+         WHERE (k.id = ANY (key_ids) OR k.workspace_id = ANY (workspace_ids))
+           AND k.status NOT IN ('revoked', 'invalid')
+        RETURNING k.id, k.workspace_id, k.vendor
+    ), cancelled AS (
+        DELETE FROM byok.jobs j USING revoked r WHERE j.key_id = r.id
+    ), audited AS (
+        INSERT INTO byok.audit_log (actor_role, actor_sub, action, key_id, workspace_id, vendor, outcome, detail)
+        SELECT byok._caller(), byok._jwt_sub(), 'revoke', r.id, r.workspace_id, r.vendor, cause, reason
+          FROM revoked r
+    )
+    SELECT count(*) INTO n FROM revoked;
+    RETURN n;
+END
+$$;
+
+-- A text id column's value as a uuid, or NULL when it holds something else
+-- (an app's unrelated ids must never make its own DELETE fail).
+CREATE FUNCTION byok._as_uuid(value text) RETURNS uuid
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN value ~* '^\s*\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?\s*$'
+                THEN btrim(value)::uuid END
+$$;

@@ -1,0 +1,97 @@
+//! The extension's one error enum, and its mapping to Postgres error reports.
+//!
+//! Every error leaves the backend as an `ErrorReport` with an explicit SQLSTATE
+//! (API.md's table), a message saying what went wrong and a hint saying what to
+//! do. pgrx would otherwise report a Rust panic as 22000/XX000 with a message
+//! we do not control. No variant carries key material: the core errors are
+//! built to hold none, and everything else here holds settings or paths.
+
+use byok_core::{CoreError, ErrorKind};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtError {
+    /// A rule from byok-core refused the input or the ciphertext.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// A required argument was NULL.
+    #[error("{0} must not be NULL")]
+    Null(&'static str),
+    /// The keyring file could not be used (missing, unreadable, too open).
+    #[error("master keyring file {path} {problem}")]
+    KeyringFile { path: String, problem: String },
+    /// Neither `byok.master_key_file` nor `BYOK_MASTER_KEY` was provided.
+    #[error("no master key is configured")]
+    NoMasterKey,
+}
+
+impl ExtError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        match self {
+            ExtError::Core(e) => match e.kind() {
+                ErrorKind::InvalidArgument => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                ErrorKind::NullValue => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                ErrorKind::Tampered => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                ErrorKind::MasterKeyUnavailable => {
+                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+                }
+            },
+            ExtError::Null(_) => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            ExtError::KeyringFile { .. } | ExtError::NoMasterKey => {
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            ExtError::Core(e) => e.hint(),
+            ExtError::Null(what) => Some(format!("Pass a non-NULL {what}.")),
+            ExtError::KeyringFile { .. } => Some(
+                "Fix the file named by byok.master_key_file (one \"<version> <64 hex>\" a line, \
+                 owned by the server's OS user, mode 0600), then restart the server."
+                    .into(),
+            ),
+            ExtError::NoMasterKey => Some(
+                "Set byok.master_key_file in postgresql.conf (or BYOK_MASTER_KEY in the server's \
+                 environment) and restart the server."
+                    .into(),
+            ),
+        }
+    }
+
+    fn detail(&self) -> Option<String> {
+        match self {
+            ExtError::Core(e) => e.detail(),
+            _ => None,
+        }
+    }
+
+    /// Raise this error in the current backend; never returns.
+    pub fn raise(self) -> ! {
+        let mut report = ErrorReport::new(self.sqlstate(), self.to_string(), "pg_byok");
+        if let Some(hint) = self.hint() {
+            report = report.set_hint(hint);
+        }
+        if let Some(detail) = self.detail() {
+            report = report.set_detail(detail);
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("ereport(ERROR) returned")
+    }
+}
+
+/// Unwrap a result, raising its error as a Postgres error report.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T, E: Into<ExtError>> OrRaise<T> for Result<T, E> {
+    fn or_raise(self) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => e.into().raise(),
+        }
+    }
+}

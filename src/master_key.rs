@@ -1,0 +1,101 @@
+//! Where the master keyring comes from, and the one place that holds it.
+//!
+//! Loaded from the file that `byok.master_key_file` names, else from the
+//! server's `BYOK_MASTER_KEY` environment variable. When the library is
+//! preloaded this happens once in the postmaster, and every backend inherits
+//! the keyring through fork; when it is loaded lazily, a backend loads it on
+//! first use. Nothing here is reachable from SQL: no function returns key
+//! bytes, and the setting holds only a path.
+
+use crate::error::ExtError;
+use crate::settings::MASTER_KEY_FILE;
+use byok_core::keyring::Keyring;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::OnceLock;
+
+const ENV_VAR: &str = "BYOK_MASTER_KEY";
+
+/// The keyring, once loaded. A failed load is not cached: fixing the file and
+/// retrying must work without restarting every backend.
+static KEYRING: OnceLock<Keyring> = OnceLock::new();
+
+/// Where the keyring in use came from (for `byok.master_key_status`).
+static SOURCE: OnceLock<&'static str> = OnceLock::new();
+
+/// The keyring, loading it on first use.
+pub fn keyring() -> Result<&'static Keyring, ExtError> {
+    if let Some(k) = KEYRING.get() {
+        return Ok(k);
+    }
+    let (ring, source) = load()?;
+    let _ = SOURCE.set(source);
+    Ok(KEYRING.get_or_init(|| ring))
+}
+
+/// Called from `_PG_init` in the postmaster: load early so the environment
+/// variable is scrubbed before any backend is forked. A failure is logged,
+/// not fatal: the server must start, and listings work without a key.
+pub fn preload() {
+    if let Err(e) = keyring() {
+        pgrx::warning!("pg_byok: master key not loaded at startup: {e}");
+    }
+}
+
+pub fn source() -> Option<&'static str> {
+    SOURCE.get().copied()
+}
+
+fn load() -> Result<(Keyring, &'static str), ExtError> {
+    let path = MASTER_KEY_FILE
+        .get()
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| !p.trim().is_empty());
+    if let Some(path) = path {
+        return Ok((read_keyring_file(&path)?, "file"));
+    }
+    match take_env_key() {
+        Some(hex) => Ok((Keyring::from_env_value(&hex)?, "environment")),
+        None => Err(ExtError::NoMasterKey),
+    }
+}
+
+fn read_keyring_file(path: &str) -> Result<Keyring, ExtError> {
+    let problem = |problem: String| ExtError::KeyringFile { path: path.to_string(), problem };
+    let meta = std::fs::metadata(path).map_err(|e| problem(format!("cannot be read: {e}")))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(problem(format!(
+            "is readable or writable by group or others (mode {mode:o}); run chmod 600 on it"
+        )));
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| problem(format!("cannot be read: {e}")))?,
+    );
+    Ok(Keyring::parse_file(&text)?)
+}
+
+/// Read `BYOK_MASTER_KEY` and remove it from this process's environment.
+///
+/// Removing the variable is not enough: `/proc/<pid>/environ` shows the
+/// process's original environment block, where the value still sits. So the
+/// value's bytes are overwritten in place first, then the variable is unset.
+fn take_env_key() -> Option<zeroize::Zeroizing<String>> {
+    let name = c"BYOK_MASTER_KEY";
+    // SAFETY: getenv/unsetenv are called from the backend's (or postmaster's)
+    // only thread, during start-up or a function call; nothing else reads the
+    // environment concurrently. The pointer getenv returns points at a
+    // NUL-terminated string we may overwrite: it is this process's own copy.
+    unsafe {
+        let ptr = libc::getenv(name.as_ptr());
+        if ptr.is_null() {
+            return None;
+        }
+        let len = libc::strlen(ptr);
+        let bytes = std::slice::from_raw_parts(ptr as *const u8, len);
+        let value = zeroize::Zeroizing::new(String::from_utf8_lossy(bytes).into_owned());
+        std::ptr::write_bytes(ptr, b'0', len);
+        libc::unsetenv(name.as_ptr());
+        debug_assert!(std::env::var_os(ENV_VAR).is_none());
+        Some(value)
+    }
+}

@@ -1,0 +1,124 @@
+//! SQL-callable sealing and opening of vendor keys.
+//!
+//! These are the only functions that see a plaintext key inside Postgres.
+//! They live in schema `byok` under `_`-prefixed names, are revoked from
+//! PUBLIC (sql/grants.sql) and are called only by the extension's own
+//! SECURITY DEFINER functions. Normalisation and encryption happen here,
+//! before any row exists, so the plaintext never reaches a table or the WAL.
+
+use crate::error::{ExtError, OrRaise};
+use crate::master_key::keyring;
+use byok_core::envelope::{self, Aad};
+use byok_core::{keys, mask, Vendor};
+use pgrx::prelude::*;
+use pgrx::Uuid;
+
+fn required<T>(value: Option<T>, what: &'static str) -> T {
+    value.unwrap_or_else(|| ExtError::Null(what).raise())
+}
+
+fn aad(key_id: &Uuid, workspace_id: &Uuid, vendor: Vendor) -> Aad {
+    Aad { key_id: *key_id.as_bytes(), workspace_id: *workspace_id.as_bytes(), vendor }
+}
+
+/// Canonical vendor name ('anthropic' | 'openai'), or 22023.
+#[pg_extern(immutable, parallel_safe, name = "_vendor")]
+fn vendor_name(vendor: Option<&str>) -> &'static str {
+    Vendor::parse(required(vendor, "vendor")).or_raise().as_str()
+}
+
+/// Normalise, check and encrypt a key for a new row whose id is chosen here.
+#[pg_extern(volatile, name = "_seal")]
+fn seal(
+    workspace_id: Option<Uuid>,
+    vendor: Option<&str>,
+    api_key: Option<&str>,
+) -> TableIterator<
+    'static,
+    (name!(id, Uuid), name!(vendor, String), name!(masked, String), name!(ciphertext, Vec<u8>)),
+> {
+    let workspace_id = required(workspace_id, "workspace_id");
+    let vendor = Vendor::parse(required(vendor, "vendor")).or_raise();
+    let key = keys::normalize(vendor, required(api_key, "api_key")).or_raise();
+    let id = Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
+    let blob = envelope::seal(keyring().or_raise(), &aad(&id, &workspace_id, vendor), key.as_bytes())
+        .or_raise();
+    let row = (id, vendor.as_str().to_string(), mask::mask(&key), blob);
+    TableIterator::once(row)
+}
+
+/// Decrypt the ciphertext of key `key_id`. XX001 when it fails
+/// authentication (tampered, or moved to another row), 55000 when the master
+/// key version it needs is absent or different.
+#[pg_extern(volatile, name = "_open")]
+fn open(
+    key_id: Option<Uuid>,
+    workspace_id: Option<Uuid>,
+    vendor: Option<&str>,
+    ciphertext: Option<&[u8]>,
+) -> String {
+    let key_id = required(key_id, "key_id");
+    let workspace_id = required(workspace_id, "workspace_id");
+    let vendor = Vendor::parse(required(vendor, "vendor")).or_raise();
+    let blob = required(ciphertext, "ciphertext");
+    let plain = envelope::open(keyring().or_raise(), &aad(&key_id, &workspace_id, vendor), blob)
+        .or_raise();
+    // The plaintext was produced by `normalize`, so it is ASCII; a failure here
+    // means the bytes are not ours, which is the same as tampering.
+    match std::str::from_utf8(&plain) {
+        Ok(s) => s.to_string(),
+        Err(_) => ExtError::Core(byok_core::CoreError::Tampered { reason: "not valid UTF-8" })
+            .raise(),
+    }
+}
+
+/// Which keyring versions this backend holds and where they came from. No key
+/// material, not even a fingerprint: it tells an operator whether a restart
+/// picked up the keyring they meant.
+#[pg_extern(volatile)]
+fn master_key_status() -> TableIterator<
+    'static,
+    (name!(version, i64), name!(is_primary, bool), name!(source, String)),
+> {
+    let ring = keyring().or_raise();
+    let primary = ring.primary_version();
+    let source = crate::master_key::source().unwrap_or("unknown").to_string();
+    let rows: Vec<_> = ring
+        .versions()
+        .into_iter()
+        .map(|v| (i64::from(v), v == primary, source.clone()))
+        .collect();
+    TableIterator::new(rows)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn seal_then_open_round_trips() {
+        let key = crate::tests_support::anthropic_key('a');
+        let opened = Spi::get_one::<String>(&format!(
+            "SELECT byok._open(s.id, '00000000-0000-0000-0000-00000000000a', s.vendor, s.ciphertext)
+               FROM byok._seal('00000000-0000-0000-0000-00000000000a', 'Anthropic', ' {key}\r\n') s"
+        ));
+        assert_eq!(opened.unwrap().as_deref(), Some(key.as_str()));
+    }
+
+    #[pg_test]
+    fn vendor_gemini_is_refused() {
+        let err = crate::tests_support::sqlstate_of("SELECT byok._vendor('gemini')");
+        assert_eq!(err.as_deref(), Some("22023"));
+    }
+
+    #[pg_test]
+    fn ciphertext_moved_to_another_workspace_fails() {
+        let key = crate::tests_support::anthropic_key('b');
+        let err = crate::tests_support::sqlstate_of(&format!(
+            "SELECT byok._open(s.id, '00000000-0000-0000-0000-0000000000bb', s.vendor, s.ciphertext)
+               FROM byok._seal('00000000-0000-0000-0000-00000000000b', 'anthropic', '{key}') s"
+        ));
+        assert_eq!(err.as_deref(), Some("XX001"));
+    }
+}

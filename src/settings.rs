@@ -1,0 +1,77 @@
+//! The extension's settings (GUCs). Each static says why it exists.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+
+/// Path of the keyring file. Postmaster-level and superuser-only so that no
+/// session can point the extension at a key of its own choosing, and hidden
+/// from non-superusers so the path is not a hint to an attacker.
+pub static MASTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// Masks key-shaped text in everything the server logs. On by default: the
+/// safe choice must not need a configuration change. Superuser-only, so a
+/// session cannot switch redaction off for itself before logging a key.
+pub static REDACT_LOGS: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// Workspace statuses that revoke a workspace's keys when an attached
+/// workspace table's status column moves into one of them. Apps spell these
+/// differently ("canceled" vs "cancelled"), so the list is a setting.
+/// Superuser-only: the user running the UPDATE must not be able to empty it.
+pub static INACTIVE_STATUSES: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"paused,cancelled,canceled,suspended,deleted"));
+
+/// How many validation attempts a key gets before it is marked `unverified`.
+/// A vendor outage must not burn a key's chances forever, nor retry forever.
+pub static MAX_ATTEMPTS: GucSetting<i32> =
+    GucSetting::<i32>::new(byok_core::backoff::DEFAULT_MAX_ATTEMPTS);
+
+pub fn register() {
+    GucRegistry::define_string_guc(
+        c"byok.master_key_file",
+        c"Path of the pg_byok keyring file.",
+        c"One key a line: \"<version> <64 hex chars>\". Highest version encrypts; all decrypt.",
+        &MASTER_KEY_FILE,
+        GucContext::Postmaster,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_bool_guc(
+        c"byok.redact_logs",
+        c"Mask key-shaped text in everything the server logs.",
+        c"",
+        &REDACT_LOGS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"byok.inactive_statuses",
+        c"Workspace statuses (comma-separated, case-insensitive) that revoke the workspace's keys.",
+        c"",
+        &INACTIVE_STATUSES,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"byok.max_attempts",
+        c"Validation attempts before a key is marked unverified.",
+        c"",
+        &MAX_ATTEMPTS,
+        1,
+        100,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+}
+
+/// The inactive-status list, lower-cased and trimmed.
+pub fn inactive_statuses() -> Vec<String> {
+    INACTIVE_STATUSES
+        .get()
+        .map(|s| {
+            s.to_string_lossy()
+                .split(',')
+                .map(|p| p.trim().to_lowercase())
+                .filter(|p| !p.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
