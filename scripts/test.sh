@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Every test pg_byok has, in the order a failure is cheapest to find:
+#   1. byok-core and sidecar unit/property tests (no database)
+#   2. the extension's #[pg_test]s (cargo pgrx test, a cluster pgrx starts)
+#   3. SQL-level scenarios, tenancy, sidecar end-to-end and the leak suite,
+#      each against real clusters the tests start as the postgres OS user.
+# Installs what it needs first (scripts/setup.sh). Run as root or a sudoer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "unit and property tests (byok-core, byok-sidecar)"
+cargo test -p byok-core --no-fail-fast
+cargo test -p byok-sidecar --lib --bins --no-fail-fast
+
+step "extension #[pg_test]s"
+pgdata_parent=$(mktemp -d /tmp/pg_byok_pgtest.XXXXXX)
+trap 'rm -rf "$pgdata_parent"' EXIT
+runas=()
+if [ "$(id -u)" -eq 0 ]; then
+    chown postgres "$pgdata_parent"
+    runas=(--runas postgres)
+fi
+cargo pgrx test pg15 "${runas[@]}" --pgdata="$pgdata_parent/data"
+
+step "install the extension for the integration tests"
+# cargo pgrx test installed its test build; put the real one back.
+BYOK_PROFILE=${BYOK_PROFILE:-debug} bash scripts/install-extension.sh
+
+step "integration tests: scenarios, tenancy, sidecar end to end, leak suite"
+cargo test -p byok-pgrx-tests -p byok-sidecar --test '*' --no-fail-fast -- --test-threads=2
