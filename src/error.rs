@@ -15,9 +15,6 @@ pub enum ExtError {
     /// A rule from byok-core refused the input or the ciphertext.
     #[error(transparent)]
     Core(#[from] CoreError),
-    /// A required argument was NULL.
-    #[error("{0} must not be NULL")]
-    Null(&'static str),
     /// The keyring file could not be used (missing, unreadable, too open).
     #[error("master keyring file {path} {problem}")]
     KeyringFile { path: String, problem: String },
@@ -37,7 +34,6 @@ impl ExtError {
                     PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
                 }
             },
-            ExtError::Null(_) => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
             ExtError::KeyringFile { .. } | ExtError::NoMasterKey => {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
@@ -47,7 +43,6 @@ impl ExtError {
     fn hint(&self) -> Option<String> {
         match self {
             ExtError::Core(e) => e.hint(),
-            ExtError::Null(what) => Some(format!("Pass a non-NULL {what}.")),
             ExtError::KeyringFile { .. } => Some(
                 "Fix the file named by byok.master_key_file (one \"<version> <64 hex>\" a line, \
                  owned by the server's OS user, mode 0600), then restart the server."

@@ -2,18 +2,20 @@
 //!
 //! The Rust side converts types and calls byok-core (normalise, seal, open,
 //! mask, redact, retry rules); the policy that is naturally SQL (tables,
-//! RLS, grants, triggers, the queue) lives in sql/, wired in by sql_api.rs.
+//! RLS, grants, triggers, the queue) lives in sql/, wired in by schema.rs, api.rs, queue.rs and tenancy.rs.
 
 use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod api;
 mod error;
 mod master_key;
 mod queue;
+mod schema;
 mod sealing;
 mod settings;
-mod sql_api;
+mod tenancy;
 mod text;
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -9,12 +9,12 @@
 use crate::error::{ExtError, OrRaise};
 use crate::master_key::keyring;
 use byok_core::envelope::{self, Aad};
-use byok_core::{keys, mask, Vendor};
+use byok_core::{keys, mask, CoreError, Vendor};
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
 fn required<T>(value: Option<T>, what: &'static str) -> T {
-    value.unwrap_or_else(|| ExtError::Null(what).raise())
+    value.unwrap_or_else(|| ExtError::from(CoreError::NullArgument { name: what }).raise())
 }
 
 fn aad(key_id: &Uuid, workspace_id: &Uuid, vendor: Vendor) -> Aad {
@@ -67,7 +67,7 @@ fn open(
     // means the bytes are not ours, which is the same as tampering.
     match std::str::from_utf8(&plain) {
         Ok(s) => s.to_string(),
-        Err(_) => ExtError::Core(byok_core::CoreError::Tampered { reason: "not valid UTF-8" })
+        Err(_) => ExtError::Core(CoreError::Tampered { reason: "not valid UTF-8" })
             .raise(),
     }
 }

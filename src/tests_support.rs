@@ -49,3 +49,37 @@ pub fn error_of(sql: &str) -> (String, String, Option<String>) {
 pub fn count(table: &str) -> i64 {
     Spi::get_one::<i64>(&format!("SELECT count(*) FROM byok.{table}")).unwrap().unwrap_or(0)
 }
+
+pub const WS: &str = "11111111-1111-1111-1111-111111111111";
+
+pub fn add(vendor: &str, key: &str) -> String {
+    Spi::get_one_with_args::<String>(
+        &format!("SELECT (byok.add_key('{WS}', $1, $2)).id::text"),
+        &[vendor.into(), key.into()],
+    )
+    .unwrap()
+    .unwrap()
+}
+
+/// Claim every ready job and finish it with `outcome`.
+pub fn validate_all(outcome: &str) {
+    Spi::run(&format!(
+        "SELECT byok.finish_job(c.job_id, c.lease_token, '{outcome}')
+           FROM byok.claim_jobs('test-worker', 100) c"
+    ))
+    .unwrap();
+}
+
+/// Each bad input raises its SQLSTATE and leaves no row behind.
+pub fn refused(sql: &str, state: &str) {
+    let (keys, jobs, audit) = (count("keys"), count("jobs"), count("audit_log"));
+    let (got, msg, hint) = error_of(sql);
+    assert_eq!(got, state, "{sql} raised {got}: {msg}");
+    assert!(hint.is_some(), "{sql} raised {got} without a hint: {msg}");
+    // The test keys' bodies are one repeated character: no run of it may
+    // reach the message.
+    for fill in ['a', 'b', 'o', 'v', 'w', 'x'] {
+        assert!(!msg.contains(&fill.to_string().repeat(12)), "message echoes a key: {msg}");
+    }
+    assert_eq!((count("keys"), count("jobs"), count("audit_log")), (keys, jobs, audit));
+}
