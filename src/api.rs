@@ -36,19 +36,68 @@ mod tests {
         let oai = openai_key('o');
         let big = "x".repeat(1 << 20);
         let cases: Vec<(String, &str)> = vec![
-            (format!("SELECT byok.add_key(NULL, 'anthropic', '{ant}')"), "22004"),
-            (format!("SELECT byok.add_key('{WS}', NULL, '{ant}')"), "22004"),
-            (format!("SELECT byok.add_key('{WS}', 'anthropic', NULL)"), "22004"),
-            (format!("SELECT byok.add_key('{WS}', 'anthropic', '')"), "22023"),
-            (format!("SELECT byok.add_key('{WS}', 'anthropic', E' \\t\\r\\n ')"), "22023"),
-            (format!("SELECT byok.add_key('{WS}', 'anthropic', 'hello')"), "22023"),
-            (format!("SELECT byok.add_key('{WS}', 'anthropic', '{} {}')", &ant[..50], &ant[50..]), "22023"),
-            (format!("SELECT byok.add_key('{WS}', 'anthropic', '{big}')"), "22023"),
-            (format!("SELECT byok.add_key('{WS}', 'anthropic', '{oai}')"), "22023"),
-            (format!("SELECT byok.add_key('{WS}', 'openai', '{ant}')"), "22023"),
-            (format!("SELECT byok.add_key('{WS}', 'anthropic', 'sk-ant-admin01-{}AA')", "a".repeat(93)), "22023"),
-            (format!("SELECT byok.add_key('{WS}', 'openai', 'sk-admin-{0}T3BlbkFJ{0}')", "b".repeat(74)), "22023"),
-            (format!("SELECT byok.add_key('{WS}', 'gemini', '{ant}')"), "22023"),
+            (
+                format!("SELECT byok.add_key(NULL, 'anthropic', '{ant}')"),
+                "22004",
+            ),
+            (
+                format!("SELECT byok.add_key('{WS}', NULL, '{ant}')"),
+                "22004",
+            ),
+            (
+                format!("SELECT byok.add_key('{WS}', 'anthropic', NULL)"),
+                "22004",
+            ),
+            (
+                format!("SELECT byok.add_key('{WS}', 'anthropic', '')"),
+                "22023",
+            ),
+            (
+                format!("SELECT byok.add_key('{WS}', 'anthropic', E' \\t\\r\\n ')"),
+                "22023",
+            ),
+            (
+                format!("SELECT byok.add_key('{WS}', 'anthropic', 'hello')"),
+                "22023",
+            ),
+            (
+                format!(
+                    "SELECT byok.add_key('{WS}', 'anthropic', '{} {}')",
+                    &ant[..50],
+                    &ant[50..]
+                ),
+                "22023",
+            ),
+            (
+                format!("SELECT byok.add_key('{WS}', 'anthropic', '{big}')"),
+                "22023",
+            ),
+            (
+                format!("SELECT byok.add_key('{WS}', 'anthropic', '{oai}')"),
+                "22023",
+            ),
+            (
+                format!("SELECT byok.add_key('{WS}', 'openai', '{ant}')"),
+                "22023",
+            ),
+            (
+                format!(
+                    "SELECT byok.add_key('{WS}', 'anthropic', 'sk-ant-admin01-{}AA')",
+                    "a".repeat(93)
+                ),
+                "22023",
+            ),
+            (
+                format!(
+                    "SELECT byok.add_key('{WS}', 'openai', 'sk-admin-{0}T3BlbkFJ{0}')",
+                    "b".repeat(74)
+                ),
+                "22023",
+            ),
+            (
+                format!("SELECT byok.add_key('{WS}', 'gemini', '{ant}')"),
+                "22023",
+            ),
         ];
         for (sql, state) in cases {
             refused(&sql, state);
@@ -74,10 +123,14 @@ mod tests {
         let key = openai_key('u');
         add("openai", &key);
         validate_all("valid");
-        let got = Spi::get_one::<String>(&format!("SELECT byok.use_key('{WS}', 'OpenAI')")).unwrap();
+        let got =
+            Spi::get_one::<String>(&format!("SELECT byok.use_key('{WS}', 'OpenAI')")).unwrap();
         assert_eq!(got.as_deref(), Some(key.as_str()));
         assert_eq!(count("jobs"), 0, "finished jobs are deleted");
-        refused(&format!("SELECT byok.use_key('{WS}', 'anthropic')"), "P0002");
+        refused(
+            &format!("SELECT byok.use_key('{WS}', 'anthropic')"),
+            "P0002",
+        );
         refused(&format!("SELECT byok.use_key('{WS}', 'gemini')"), "22023");
         refused("SELECT byok.use_key(NULL, 'openai')", "22004");
         refused(&format!("SELECT byok.use_key('{WS}', NULL)"), "22004");
@@ -89,10 +142,16 @@ mod tests {
         let old_id = add("anthropic", &old);
         validate_all("valid");
         add("anthropic", &new);
-        let serving = Spi::get_one::<String>(&format!("SELECT byok.use_key('{WS}', 'anthropic')")).unwrap();
-        assert_eq!(serving.as_deref(), Some(old.as_str()), "old key serves until the new one is valid");
+        let serving =
+            Spi::get_one::<String>(&format!("SELECT byok.use_key('{WS}', 'anthropic')")).unwrap();
+        assert_eq!(
+            serving.as_deref(),
+            Some(old.as_str()),
+            "old key serves until the new one is valid"
+        );
         validate_all("valid");
-        let serving = Spi::get_one::<String>(&format!("SELECT byok.use_key('{WS}', 'anthropic')")).unwrap();
+        let serving =
+            Spi::get_one::<String>(&format!("SELECT byok.use_key('{WS}', 'anthropic')")).unwrap();
         assert_eq!(serving.as_deref(), Some(new.as_str()));
         let (status, detail) = Spi::get_two::<String, String>(&format!(
             "SELECT status, status_detail FROM byok.keys WHERE id = '{old_id}'"
@@ -100,7 +159,9 @@ mod tests {
         .unwrap();
         assert_eq!(status.as_deref(), Some("revoked"));
         assert!(detail.unwrap().contains("rotated"));
-        let erased = Spi::get_one::<bool>(&format!("SELECT ciphertext IS NULL FROM byok.keys WHERE id = '{old_id}'"));
+        let erased = Spi::get_one::<bool>(&format!(
+            "SELECT ciphertext IS NULL FROM byok.keys WHERE id = '{old_id}'"
+        ));
         assert_eq!(erased.unwrap(), Some(true));
     }
 
@@ -108,11 +169,14 @@ mod tests {
     fn revoke_key_and_revoke_workspace() {
         let id = add("anthropic", &anthropic_key('v'));
         add("openai", &openai_key('w'));
-        let status =
-            Spi::get_one::<String>(&format!("SELECT status FROM byok.revoke_key('{id}', 'customer asked')"))
-                .unwrap();
-        let erased = Spi::get_one::<bool>(&format!("SELECT ciphertext IS NULL FROM byok.keys WHERE id = '{id}'"))
-            .unwrap();
+        let status = Spi::get_one::<String>(&format!(
+            "SELECT status FROM byok.revoke_key('{id}', 'customer asked')"
+        ))
+        .unwrap();
+        let erased = Spi::get_one::<bool>(&format!(
+            "SELECT ciphertext IS NULL FROM byok.keys WHERE id = '{id}'"
+        ))
+        .unwrap();
         assert_eq!((status.as_deref(), erased), (Some("revoked"), Some(true)));
         let n = Spi::get_one::<i32>(&format!("SELECT byok.revoke_workspace('{WS}')")).unwrap();
         assert_eq!(n, Some(1), "only the one live key is revoked");

@@ -60,7 +60,10 @@ fn load() -> Result<(Keyring, &'static str), ExtError> {
 }
 
 fn read_keyring_file(path: &str) -> Result<Keyring, ExtError> {
-    let problem = |problem: String| ExtError::KeyringFile { path: path.to_string(), problem };
+    let problem = |problem: String| ExtError::KeyringFile {
+        path: path.to_string(),
+        problem,
+    };
     let meta = std::fs::metadata(path).map_err(|e| problem(format!("cannot be read: {e}")))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {

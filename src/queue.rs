@@ -35,13 +35,17 @@ mod tests {
 
     #[pg_test]
     fn retry_delay_honours_retry_after() {
-        let secs = Spi::get_one::<f64>("SELECT byok._retry_delay(1, 120)").unwrap().unwrap();
+        let secs = Spi::get_one::<f64>("SELECT byok._retry_delay(1, 120)")
+            .unwrap()
+            .unwrap();
         assert!(secs >= 120.0, "Retry-After of 120 s gave {secs}");
     }
 
     #[pg_test]
     fn inactive_statuses_default_list() {
-        let list = Spi::get_one::<Vec<String>>("SELECT byok._inactive_statuses()").unwrap().unwrap();
+        let list = Spi::get_one::<Vec<String>>("SELECT byok._inactive_statuses()")
+            .unwrap()
+            .unwrap();
         for s in ["paused", "cancelled", "canceled", "suspended", "deleted"] {
             assert!(list.iter().any(|x| x == s), "{s} missing from {list:?}");
         }
@@ -68,7 +72,10 @@ mod tests {
         let id = add("openai", &openai_key('r'));
         Spi::run("SET byok.max_attempts = 2").unwrap();
         Spi::run("SELECT byok.finish_job(c.job_id, c.lease_token, 'retry', 'vendor 503', 503) FROM byok.claim_jobs('w') c").unwrap();
-        let later = Spi::get_one::<bool>("SELECT run_after > clock_timestamp() AND lease_token IS NULL FROM byok.jobs").unwrap();
+        let later = Spi::get_one::<bool>(
+            "SELECT run_after > clock_timestamp() AND lease_token IS NULL FROM byok.jobs",
+        )
+        .unwrap();
         assert_eq!(later, Some(true), "retry must reschedule into the future");
         Spi::run("UPDATE byok.jobs SET run_after = clock_timestamp()").unwrap();
         let status = Spi::get_one::<String>(
@@ -76,16 +83,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(status.as_deref(), Some("unverified"));
-        let kept = Spi::get_one::<bool>(&format!("SELECT ciphertext IS NOT NULL FROM byok.keys WHERE id = '{id}'"));
-        assert_eq!(kept.unwrap(), Some(true), "unverified keys keep their ciphertext");
-        let pending = Spi::get_one::<String>(&format!("SELECT status FROM byok.revalidate_key('{id}')")).unwrap();
+        let kept = Spi::get_one::<bool>(&format!(
+            "SELECT ciphertext IS NOT NULL FROM byok.keys WHERE id = '{id}'"
+        ));
+        assert_eq!(
+            kept.unwrap(),
+            Some(true),
+            "unverified keys keep their ciphertext"
+        );
+        let pending =
+            Spi::get_one::<String>(&format!("SELECT status FROM byok.revalidate_key('{id}')"))
+                .unwrap();
         assert_eq!(pending.as_deref(), Some("pending"));
     }
 
     #[pg_test]
     fn stale_lease_token_changes_nothing() {
         add("openai", &openai_key('s'));
-        let job = Spi::get_one::<i64>("SELECT job_id FROM byok.claim_jobs('w')").unwrap().unwrap();
+        let job = Spi::get_one::<i64>("SELECT job_id FROM byok.claim_jobs('w')")
+            .unwrap()
+            .unwrap();
         let res = Spi::get_one::<String>(&format!(
             "SELECT byok.finish_job({job}, gen_random_uuid(), 'invalid')"
         ))
@@ -100,23 +117,39 @@ mod tests {
         refused("SELECT * FROM byok.claim_jobs(NULL)", "22004");
         refused("SELECT * FROM byok.claim_jobs('w', 0)", "22023");
         refused("SELECT * FROM byok.claim_jobs('w', 1, 0)", "22023");
-        refused("SELECT byok.finish_job(1, gen_random_uuid(), 'maybe')", "22023");
-        refused("SELECT byok.finish_job(NULL, gen_random_uuid(), 'valid')", "22004");
+        refused(
+            "SELECT byok.finish_job(1, gen_random_uuid(), 'maybe')",
+            "22023",
+        );
+        refused(
+            "SELECT byok.finish_job(NULL, gen_random_uuid(), 'valid')",
+            "22004",
+        );
         refused("SELECT byok.finish_job(1, NULL, 'valid')", "22004");
-        refused("SELECT byok.finish_job(1, gen_random_uuid(), NULL)", "22004");
-        refused("SELECT byok.finish_job(1, gen_random_uuid(), 'retry', NULL, 99)", "22023");
+        refused(
+            "SELECT byok.finish_job(1, gen_random_uuid(), NULL)",
+            "22004",
+        );
+        refused(
+            "SELECT byok.finish_job(1, gen_random_uuid(), 'retry', NULL, 99)",
+            "22023",
+        );
     }
 
     #[pg_test]
     fn release_job_hands_back_without_spending_the_attempt() {
         add("openai", &openai_key('h'));
-        let (job, token) = Spi::get_two::<i64, pgrx::Uuid>("SELECT job_id, lease_token FROM byok.claim_jobs('w')").unwrap();
+        let (job, token) =
+            Spi::get_two::<i64, pgrx::Uuid>("SELECT job_id, lease_token FROM byok.claim_jobs('w')")
+                .unwrap();
         let (job, token) = (job.unwrap(), token.unwrap());
-        let released = Spi::get_one::<bool>(&format!("SELECT byok.release_job({job}, '{token}')")).unwrap();
+        let released =
+            Spi::get_one::<bool>(&format!("SELECT byok.release_job({job}, '{token}')")).unwrap();
         assert_eq!(released, Some(true));
         let attempts = Spi::get_one::<i32>("SELECT attempts FROM byok.jobs").unwrap();
         assert_eq!(attempts, Some(0));
-        let again = Spi::get_one::<bool>(&format!("SELECT byok.release_job({job}, '{token}')")).unwrap();
+        let again =
+            Spi::get_one::<bool>(&format!("SELECT byok.release_job({job}, '{token}')")).unwrap();
         assert_eq!(again, Some(false), "a released lease token is stale");
         let reclaimed = Spi::get_one::<i64>("SELECT count(*) FROM byok.claim_jobs('w')").unwrap();
         assert_eq!(reclaimed, Some(1));
@@ -128,9 +161,13 @@ mod tests {
         add("anthropic", &anthropic_key('k'));
         let n = Spi::get_one::<i32>("SELECT byok.defer_jobs('openai', 60)").unwrap();
         assert_eq!(n, Some(1));
-        let vendors = Spi::get_one::<Vec<String>>("SELECT array_agg(vendor) FROM byok.claim_jobs('w')").unwrap();
+        let vendors =
+            Spi::get_one::<Vec<String>>("SELECT array_agg(vendor) FROM byok.claim_jobs('w')")
+                .unwrap();
         assert_eq!(vendors, Some(vec!["anthropic".to_string()]));
-        let depth = Spi::get_one::<i64>("SELECT waiting FROM byok.queue_depth() WHERE vendor = 'openai'").unwrap();
+        let depth =
+            Spi::get_one::<i64>("SELECT waiting FROM byok.queue_depth() WHERE vendor = 'openai'")
+                .unwrap();
         assert_eq!(depth, Some(1));
         refused("SELECT byok.defer_jobs('openai', 0)", "22023");
         refused("SELECT byok.defer_jobs('gemini', 10)", "22023");
@@ -144,7 +181,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!((state.as_deref(), degraded), (Some("open"), Some(true)));
-        refused("SELECT byok.report_vendor_status('w1', 'anthropic', 'broken')", "22023");
+        refused(
+            "SELECT byok.report_vendor_status('w1', 'anthropic', 'broken')",
+            "22023",
+        );
     }
 
     #[pg_test]
@@ -157,9 +197,10 @@ mod tests {
         .unwrap();
         let claimed = Spi::get_one::<i64>("SELECT count(*) FROM byok.claim_jobs('w')").unwrap();
         assert_eq!(claimed, Some(1), "the healthy job is still handed out");
-        let (status, erased) =
-            Spi::get_two::<String, bool>(&format!("SELECT status, ciphertext IS NULL FROM byok.keys WHERE id = '{bad}'"))
-                .unwrap();
+        let (status, erased) = Spi::get_two::<String, bool>(&format!(
+            "SELECT status, ciphertext IS NULL FROM byok.keys WHERE id = '{bad}'"
+        ))
+        .unwrap();
         assert_eq!((status.as_deref(), erased), (Some("invalid"), Some(true)));
     }
 }

@@ -6,7 +6,11 @@
 //! queue.rs, tenancy.rs) → grants (last: it grants what the others created).
 
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
-pgrx::extension_sql_file!("../sql/internals.sql", name = "internals", requires = ["bootstrap"]);
+pgrx::extension_sql_file!(
+    "../sql/internals.sql",
+    name = "internals",
+    requires = ["bootstrap"]
+);
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -21,9 +25,10 @@ mod tests {
         add("anthropic", &key);
         validate_all("valid");
         Spi::run(&format!("SELECT byok.use_key('{WS}', 'anthropic')")).unwrap();
-        let actions = Spi::get_one::<Vec<String>>("SELECT array_agg(action ORDER BY id) FROM byok.audit_log")
-            .unwrap()
-            .unwrap();
+        let actions =
+            Spi::get_one::<Vec<String>>("SELECT array_agg(action ORDER BY id) FROM byok.audit_log")
+                .unwrap()
+                .unwrap();
         assert_eq!(actions, vec!["add", "validate", "use"]);
         let leaked = Spi::get_one_with_args::<i64>(
             "SELECT count(*) FROM byok.audit_log a WHERE a::text LIKE '%' || $1 || '%'",
@@ -31,9 +36,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(leaked, Some(0));
-        assert_eq!(sqlstate_of("DELETE FROM byok.audit_log").as_deref(), Some("42501"));
-        assert_eq!(sqlstate_of("UPDATE byok.audit_log SET detail = 'x'").as_deref(), Some("42501"));
-        assert_eq!(sqlstate_of("TRUNCATE byok.audit_log").as_deref(), Some("42501"));
+        assert_eq!(
+            sqlstate_of("DELETE FROM byok.audit_log").as_deref(),
+            Some("42501")
+        );
+        assert_eq!(
+            sqlstate_of("UPDATE byok.audit_log SET detail = 'x'").as_deref(),
+            Some("42501")
+        );
+        assert_eq!(
+            sqlstate_of("TRUNCATE byok.audit_log").as_deref(),
+            Some("42501")
+        );
     }
 
     #[pg_test]
@@ -43,19 +57,31 @@ mod tests {
               WHERE p.pronamespace = 'byok'::regnamespace AND a.grantee = 0 AND a.privilege_type = 'EXECUTE'",
         )
         .unwrap();
-        assert_eq!(public_fns, Some(0), "a byok function is executable by PUBLIC");
+        assert_eq!(
+            public_fns,
+            Some(0),
+            "a byok function is executable by PUBLIC"
+        );
         let grantees = Spi::get_one::<i64>(
             "SELECT count(*) FROM pg_attribute a, aclexplode(a.attacl) x
               WHERE a.attrelid = 'byok.keys'::regclass AND a.attname = 'ciphertext'",
         )
         .unwrap();
-        assert_eq!(grantees, Some(0), "the ciphertext column is granted to some role");
+        assert_eq!(
+            grantees,
+            Some(0),
+            "the ciphertext column is granted to some role"
+        );
         let table_grants = Spi::get_one::<i64>(
             "SELECT count(*) FROM pg_class c, aclexplode(c.relacl) x
               WHERE c.oid = 'byok.keys'::regclass AND x.grantee <> c.relowner",
         )
         .unwrap();
-        assert_eq!(table_grants, Some(0), "byok.keys is granted as a whole to some role");
+        assert_eq!(
+            table_grants,
+            Some(0),
+            "byok.keys is granted as a whole to some role"
+        );
     }
 
     #[pg_test]
@@ -65,16 +91,21 @@ mod tests {
         }
         Spi::run("SELECT byok.grant_supabase_roles()").unwrap();
         let can = |role: &str, f: &str| {
-            Spi::get_one::<bool>(&format!("SELECT has_function_privilege('{role}', '{f}', 'EXECUTE')"))
-                .unwrap()
-                .unwrap()
+            Spi::get_one::<bool>(&format!(
+                "SELECT has_function_privilege('{role}', '{f}', 'EXECUTE')"
+            ))
+            .unwrap()
+            .unwrap()
         };
         assert!(can("authenticated", "byok.add_key(uuid, text, text, text)"));
         assert!(!can("authenticated", "byok.use_key(uuid, text)"));
         assert!(!can("anon", "byok.add_key(uuid, text, text, text)"));
         assert!(!can("anon", "byok.list_keys(uuid)"));
         assert!(can("service_role", "byok.use_key(uuid, text)"));
-        assert!(!can("service_role", "byok.claim_jobs(text, integer, integer)"));
+        assert!(!can(
+            "service_role",
+            "byok.claim_jobs(text, integer, integer)"
+        ));
         let col = Spi::get_one::<bool>(
             "SELECT has_column_privilege('service_role', 'byok.keys', 'ciphertext', 'SELECT')",
         )

@@ -18,13 +18,19 @@ fn required<T>(value: Option<T>, what: &'static str) -> T {
 }
 
 fn aad(key_id: &Uuid, workspace_id: &Uuid, vendor: Vendor) -> Aad {
-    Aad { key_id: *key_id.as_bytes(), workspace_id: *workspace_id.as_bytes(), vendor }
+    Aad {
+        key_id: *key_id.as_bytes(),
+        workspace_id: *workspace_id.as_bytes(),
+        vendor,
+    }
 }
 
 /// Canonical vendor name ('anthropic' | 'openai'), or 22023.
 #[pg_extern(immutable, parallel_safe, name = "_vendor")]
 fn vendor_name(vendor: Option<&str>) -> &'static str {
-    Vendor::parse(required(vendor, "vendor")).or_raise().as_str()
+    Vendor::parse(required(vendor, "vendor"))
+        .or_raise()
+        .as_str()
 }
 
 /// Normalise, check and encrypt a key for a new row whose id is chosen here.
@@ -35,14 +41,23 @@ fn seal(
     api_key: Option<&str>,
 ) -> TableIterator<
     'static,
-    (name!(id, Uuid), name!(vendor, String), name!(masked, String), name!(ciphertext, Vec<u8>)),
+    (
+        name!(id, Uuid),
+        name!(vendor, String),
+        name!(masked, String),
+        name!(ciphertext, Vec<u8>),
+    ),
 > {
     let workspace_id = required(workspace_id, "workspace_id");
     let vendor = Vendor::parse(required(vendor, "vendor")).or_raise();
     let key = keys::normalize(vendor, required(api_key, "api_key")).or_raise();
     let id = Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
-    let blob = envelope::seal(keyring().or_raise(), &aad(&id, &workspace_id, vendor), key.as_bytes())
-        .or_raise();
+    let blob = envelope::seal(
+        keyring().or_raise(),
+        &aad(&id, &workspace_id, vendor),
+        key.as_bytes(),
+    )
+    .or_raise();
     let row = (id, vendor.as_str().to_string(), mask::mask(&key), blob);
     TableIterator::once(row)
 }
@@ -61,14 +76,20 @@ fn open(
     let workspace_id = required(workspace_id, "workspace_id");
     let vendor = Vendor::parse(required(vendor, "vendor")).or_raise();
     let blob = required(ciphertext, "ciphertext");
-    let plain = envelope::open(keyring().or_raise(), &aad(&key_id, &workspace_id, vendor), blob)
-        .or_raise();
+    let plain = envelope::open(
+        keyring().or_raise(),
+        &aad(&key_id, &workspace_id, vendor),
+        blob,
+    )
+    .or_raise();
     // The plaintext was produced by `normalize`, so it is ASCII; a failure here
     // means the bytes are not ours, which is the same as tampering.
     match std::str::from_utf8(&plain) {
         Ok(s) => s.to_string(),
-        Err(_) => ExtError::Core(CoreError::Tampered { reason: "not valid UTF-8" })
-            .raise(),
+        Err(_) => ExtError::Core(CoreError::Tampered {
+            reason: "not valid UTF-8",
+        })
+        .raise(),
     }
 }
 
@@ -78,7 +99,11 @@ fn open(
 #[pg_extern(volatile)]
 fn master_key_status() -> TableIterator<
     'static,
-    (name!(version, i64), name!(is_primary, bool), name!(source, String)),
+    (
+        name!(version, i64),
+        name!(is_primary, bool),
+        name!(source, String),
+    ),
 > {
     let ring = keyring().or_raise();
     let primary = ring.primary_version();

@@ -1,7 +1,11 @@
 //! Tenancy (sql/tenancy.sql: authorize, attach/detach members and
 //! workspaces, revocation triggers, RLS policies) and its #[pg_test]s.
 
-pgrx::extension_sql_file!("../sql/tenancy.sql", name = "tenancy", requires = ["internals"]);
+pgrx::extension_sql_file!(
+    "../sql/tenancy.sql",
+    name = "tenancy",
+    requires = ["internals"]
+);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
@@ -11,15 +15,25 @@ mod tests {
 
     #[pg_test]
     fn authorize_is_true_for_superusers_and_closed_otherwise() {
-        assert_eq!(Spi::get_one::<bool>(&format!("SELECT byok.authorize('{WS}')")).unwrap(), Some(true));
-        assert_eq!(Spi::get_one::<bool>("SELECT byok.authorize(NULL)").unwrap(), Some(false));
+        assert_eq!(
+            Spi::get_one::<bool>(&format!("SELECT byok.authorize('{WS}')")).unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT byok.authorize(NULL)").unwrap(),
+            Some(false)
+        );
         Spi::run("CREATE ROLE byok_test_outsider NOLOGIN").unwrap();
         Spi::run("GRANT USAGE ON SCHEMA byok TO byok_test_outsider").unwrap();
         Spi::run("GRANT EXECUTE ON FUNCTION byok.authorize(uuid) TO byok_test_outsider").unwrap();
         Spi::run("SET LOCAL ROLE byok_test_outsider").unwrap();
         let outsider = Spi::get_one::<bool>(&format!("SELECT byok.authorize('{WS}')")).unwrap();
         Spi::run("RESET ROLE").unwrap();
-        assert_eq!(outsider, Some(false), "no membership rule configured: closed by default");
+        assert_eq!(
+            outsider,
+            Some(false),
+            "no membership rule configured: closed by default"
+        );
     }
 
     fn app_schema() {
@@ -46,16 +60,27 @@ mod tests {
         app_schema();
         Spi::run("INSERT INTO app.people VALUES ('11111111-1111-1111-1111-111111111111', 'aaaaaaaa-0000-0000-0000-000000000001')").unwrap();
         Spi::run("SELECT byok.attach_members('app.people', 'org_ref', 'person')").unwrap();
-        Spi::run("CREATE ROLE byok_test_member NOLOGIN; GRANT USAGE ON SCHEMA byok TO byok_test_member;
-                  GRANT EXECUTE ON FUNCTION byok.authorize(uuid) TO byok_test_member").unwrap();
+        Spi::run(
+            "CREATE ROLE byok_test_member NOLOGIN; GRANT USAGE ON SCHEMA byok TO byok_test_member;
+                  GRANT EXECUTE ON FUNCTION byok.authorize(uuid) TO byok_test_member",
+        )
+        .unwrap();
         Spi::run("SELECT set_config('request.jwt.claims', '{\"sub\":\"aaaaaaaa-0000-0000-0000-000000000001\"}', true)").unwrap();
         Spi::run("SET LOCAL ROLE byok_test_member").unwrap();
         let own = Spi::get_one::<bool>(&format!("SELECT byok.authorize('{WS}')")).unwrap();
-        let other = Spi::get_one::<bool>("SELECT byok.authorize('22222222-2222-2222-2222-222222222222')").unwrap();
+        let other =
+            Spi::get_one::<bool>("SELECT byok.authorize('22222222-2222-2222-2222-222222222222')")
+                .unwrap();
         Spi::run("RESET ROLE").unwrap();
         assert_eq!((own, other), (Some(true), Some(false)));
-        refused("SELECT byok.attach_members('app.people', 'nope', 'person')", "22023");
-        refused("SELECT byok.attach_members('app.orgs', 'org_uuid', 'seats')", "22023");
+        refused(
+            "SELECT byok.attach_members('app.people', 'nope', 'person')",
+            "22023",
+        );
+        refused(
+            "SELECT byok.attach_members('app.orgs', 'org_uuid', 'seats')",
+            "22023",
+        );
     }
 
     #[pg_test]
@@ -64,11 +89,25 @@ mod tests {
         Spi::run("SELECT byok.attach_workspaces('app.orgs', 'org_uuid', 'lifecycle')").unwrap();
         let other = "22222222-2222-2222-2222-222222222222";
         add("anthropic", &anthropic_key('d'));
-        Spi::run(&format!("SELECT byok.add_key('{other}', 'openai', '{}')", openai_key('e'))).unwrap();
-        Spi::run(&format!("UPDATE app.orgs SET lifecycle = 'Paused' WHERE org_uuid = '{WS}'")).unwrap();
+        Spi::run(&format!(
+            "SELECT byok.add_key('{other}', 'openai', '{}')",
+            openai_key('e')
+        ))
+        .unwrap();
+        Spi::run(&format!(
+            "UPDATE app.orgs SET lifecycle = 'Paused' WHERE org_uuid = '{WS}'"
+        ))
+        .unwrap();
         assert_eq!((live_keys(WS), live_keys(other)), (0, 1));
-        Spi::run(&format!("UPDATE app.orgs SET lifecycle = 'active' WHERE org_uuid = '{WS}'")).unwrap();
-        assert_eq!(live_keys(WS), 0, "restoring a workspace does not revive its keys");
+        Spi::run(&format!(
+            "UPDATE app.orgs SET lifecycle = 'active' WHERE org_uuid = '{WS}'"
+        ))
+        .unwrap();
+        assert_eq!(
+            live_keys(WS),
+            0,
+            "restoring a workspace does not revive its keys"
+        );
         Spi::run(&format!("DELETE FROM app.orgs WHERE org_uuid = '{other}'")).unwrap();
         assert_eq!(live_keys(other), 0);
         assert_eq!(count("jobs"), 0, "revocation cancels pending jobs");

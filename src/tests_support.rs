@@ -42,12 +42,18 @@ pub fn error_of(sql: &str) -> (String, String, Option<String>) {
         &[sql.into()],
     )
     .unwrap();
-    (state.expect("statement was expected to fail"), msg.unwrap_or_default(), hint)
+    (
+        state.expect("statement was expected to fail"),
+        msg.unwrap_or_default(),
+        hint,
+    )
 }
 
 /// Number of rows in a byok table (as the superuser running the test).
 pub fn count(table: &str) -> i64 {
-    Spi::get_one::<i64>(&format!("SELECT count(*) FROM byok.{table}")).unwrap().unwrap_or(0)
+    Spi::get_one::<i64>(&format!("SELECT count(*) FROM byok.{table}"))
+        .unwrap()
+        .unwrap_or(0)
 }
 
 pub const WS: &str = "11111111-1111-1111-1111-111111111111";
@@ -79,7 +85,13 @@ pub fn refused(sql: &str, state: &str) {
     // The test keys' bodies are one repeated character: no run of it may
     // reach the message.
     for fill in ['a', 'b', 'o', 'v', 'w', 'x'] {
-        assert!(!msg.contains(&fill.to_string().repeat(12)), "message echoes a key: {msg}");
+        assert!(
+            !msg.contains(&fill.to_string().repeat(12)),
+            "message echoes a key: {msg}"
+        );
     }
-    assert_eq!((count("keys"), count("jobs"), count("audit_log")), (keys, jobs, audit));
+    assert_eq!(
+        (count("keys"), count("jobs"), count("audit_log")),
+        (keys, jobs, audit)
+    );
 }

@@ -25,7 +25,8 @@ mod tests {
     #[pg_test]
     fn mask_shows_only_the_last_four() {
         let key = openai_key('q');
-        let masked = Spi::get_one_with_args::<String>("SELECT byok.mask($1)", &[key.as_str().into()]);
+        let masked =
+            Spi::get_one_with_args::<String>("SELECT byok.mask($1)", &[key.as_str().into()]);
         assert_eq!(masked.unwrap().as_deref(), Some("…qqqq"));
     }
 
@@ -33,15 +34,22 @@ mod tests {
     fn redact_masks_keys_inside_text() {
         let key = anthropic_key('z');
         let text = format!("call failed for {key}, retrying");
-        let out = Spi::get_one_with_args::<String>("SELECT byok.redact($1)", &[text.as_str().into()])
-            .unwrap()
-            .unwrap();
-        assert!(!out.contains(&key[..20]), "redacted text still holds the key");
+        let out =
+            Spi::get_one_with_args::<String>("SELECT byok.redact($1)", &[text.as_str().into()])
+                .unwrap()
+                .unwrap();
+        assert!(
+            !out.contains(&key[..20]),
+            "redacted text still holds the key"
+        );
         assert!(out.contains("…zzAA"));
     }
 
     #[pg_test]
     fn mask_of_null_is_null() {
-        assert_eq!(Spi::get_one::<String>("SELECT byok.mask(NULL)").unwrap(), None);
+        assert_eq!(
+            Spi::get_one::<String>("SELECT byok.mask(NULL)").unwrap(),
+            None
+        );
     }
 }
