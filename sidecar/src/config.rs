@@ -1,0 +1,219 @@
+//! Command line and environment: every setting has a flag and most an
+//! environment variable, so the same binary runs from a shell, a systemd
+//! unit or a container without a config file.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// byok-sidecar: validates the API keys stored by pg_byok against the vendor.
+///
+/// Claims validation jobs from the database (byok.claim_jobs), makes the
+/// cheapest call that proves a key works, and writes the verdict back
+/// (byok.finish_job). Any number of sidecars may share one database.
+// No `Debug`: the database URL may carry a password.
+#[derive(Parser)]
+#[command(name = "byok-sidecar", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a local stand-in for the Anthropic and OpenAI APIs (tests, demos).
+    MockVendor(crate::mock::MockArgs),
+}
+
+/// Which call proves a key works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Probe {
+    /// List models: free, proves the key authenticates, not that it can bill.
+    Models,
+    /// A one-token completion: costs a fraction of a cent, proves the key can bill.
+    Completion,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (for log shippers).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Settings of the worker (the default command).
+#[derive(Clone, Args)]
+pub struct RunArgs {
+    /// Postgres connection string (libpq URL or key=value) of a role granted byok_worker.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Base URL of the Anthropic API (point it at the mock vendor for tests and demos).
+    #[arg(long, env = "ANTHROPIC_BASE_URL", default_value = "https://api.anthropic.com")]
+    pub anthropic_base_url: String,
+
+    /// Base URL of the OpenAI API.
+    #[arg(long, env = "OPENAI_BASE_URL", default_value = "https://api.openai.com")]
+    pub openai_base_url: String,
+
+    /// How Anthropic keys are checked: `models` (GET /v1/models, free) or `completion`
+    /// (POST /v1/messages with max_tokens 1; the only check that proves the key can bill).
+    #[arg(long, env = "BYOK_ANTHROPIC_PROBE", value_enum, default_value = "completion")]
+    pub anthropic_probe: Probe,
+
+    /// How OpenAI keys are checked: `models` (GET /v1/models) or `completion`
+    /// (POST /v1/chat/completions with max_tokens 1; also catches restricted keys).
+    #[arg(long, env = "BYOK_OPENAI_PROBE", value_enum, default_value = "completion")]
+    pub openai_probe: Probe,
+
+    /// Model for the Anthropic one-token check (models get retired: keep it current).
+    #[arg(long, env = "BYOK_ANTHROPIC_MODEL", default_value = "claude-haiku-4-5")]
+    pub anthropic_model: String,
+
+    /// Model for the OpenAI one-token check (must accept `max_tokens`).
+    #[arg(long, env = "BYOK_OPENAI_MODEL", default_value = "gpt-4o-mini")]
+    pub openai_model: String,
+
+    /// Vendor calls in flight at once; also the most jobs claimed per batch.
+    #[arg(long, env = "BYOK_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+
+    /// Lease on a claimed job, seconds; a sidecar that dies loses its jobs to
+    /// others after this. Must exceed the request timeout by 5 s or more.
+    #[arg(long, env = "BYOK_LEASE_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(5..=3600))]
+    pub lease_seconds: u32,
+
+    /// Seconds between polls of the queue when no NOTIFY arrives (jittered ±20%).
+    #[arg(long, env = "BYOK_POLL_INTERVAL", default_value_t = 5.0)]
+    pub poll_interval: f64,
+
+    /// Seconds a vendor call may take (connect + answer) before it counts as a timeout.
+    #[arg(long, env = "BYOK_REQUEST_TIMEOUT", default_value_t = 15.0)]
+    pub request_timeout: f64,
+
+    /// Seconds to let in-flight calls finish after SIGTERM/SIGINT before handing them back.
+    #[arg(long, env = "BYOK_GRACE_PERIOD", default_value_t = 20.0)]
+    pub grace_period: f64,
+
+    /// Address of the /metrics, /healthz and /readyz server; `off` disables it.
+    #[arg(long, env = "BYOK_METRICS_ADDR", default_value = "127.0.0.1:9187")]
+    pub metrics_addr: String,
+
+    /// Log format: `json` or `text`. Every line is redacted of key-shaped text.
+    #[arg(long, env = "BYOK_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing env-filter syntax, e.g. `info` or `byok_sidecar=debug`).
+    #[arg(long, env = "BYOK_LOG", default_value = "info")]
+    pub log_level: String,
+
+    /// Name this sidecar claims jobs under (default: host name, pid and a random suffix).
+    #[arg(long, env = "BYOK_WORKER_NAME")]
+    pub worker_name: Option<String>,
+
+    /// Circuit breaker: distinct workspaces with vendor-side failures, within the
+    /// window, that open the breaker for that vendor.
+    #[arg(long, env = "BYOK_BREAKER_WORKSPACES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub breaker_workspaces: u32,
+
+    /// Circuit breaker: window, seconds, in which those failures are counted.
+    #[arg(long, env = "BYOK_BREAKER_WINDOW", default_value_t = 60.0)]
+    pub breaker_window: f64,
+
+    /// Circuit breaker: seconds the breaker stays open (jobs deferred, no probes)
+    /// before one half-open trial probe.
+    #[arg(long, env = "BYOK_BREAKER_OPEN", default_value_t = 30.0)]
+    pub breaker_open: f64,
+
+    /// Seconds between refreshes of the queue-depth gauge (byok.queue_depth()); 0 disables.
+    #[arg(long, env = "BYOK_QUEUE_DEPTH_INTERVAL", default_value_t = 15.0)]
+    pub queue_depth_interval: f64,
+}
+
+/// Validated worker settings (no `Debug`: see [`Cli`]).
+#[derive(Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub worker: String,
+    pub args: RunArgs,
+    pub poll_interval: Duration,
+    pub request_timeout: Duration,
+    pub grace_period: Duration,
+    pub metrics_addr: Option<SocketAddr>,
+    pub breaker_window: Duration,
+    pub breaker_open: Duration,
+    pub queue_depth_interval: Option<Duration>,
+}
+
+/// Why the settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("DATABASE_URL (or --database-url) is required")]
+    MissingDatabaseUrl,
+    #[error("{0} must be a positive number of seconds below one day")]
+    BadSeconds(&'static str),
+    #[error("--lease-seconds ({lease}) must exceed --request-timeout ({timeout}) by at least 5 seconds, or finished jobs would be stale")]
+    LeaseTooShort { lease: u32, timeout: f64 },
+    #[error("--metrics-addr must be host:port (e.g. 127.0.0.1:9187) or `off`")]
+    BadMetricsAddr,
+    #[error("--{0} must be an http:// or https:// URL")]
+    BadUrl(&'static str),
+}
+
+fn seconds(name: &'static str, value: f64, allow_zero: bool) -> Result<Duration, ConfigError> {
+    let ok = value.is_finite() && value < 86_400.0 && (value > 0.0 || (allow_zero && value == 0.0));
+    ok.then(|| Duration::from_secs_f64(value)).ok_or(ConfigError::BadSeconds(name))
+}
+
+impl Config {
+    /// Checks the arguments and fills in defaults that need the environment.
+    pub fn from_args(args: RunArgs) -> Result<Config, ConfigError> {
+        let database_url = args.database_url.clone().filter(|u| !u.trim().is_empty()).ok_or(ConfigError::MissingDatabaseUrl)?;
+        let request_timeout = seconds("--request-timeout", args.request_timeout, false)?;
+        if f64::from(args.lease_seconds) < args.request_timeout + 5.0 {
+            return Err(ConfigError::LeaseTooShort { lease: args.lease_seconds, timeout: args.request_timeout });
+        }
+        for (name, url) in [("anthropic-base-url", &args.anthropic_base_url), ("openai-base-url", &args.openai_base_url)] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::BadUrl(name));
+            }
+        }
+        let metrics_addr = match args.metrics_addr.trim() {
+            "off" | "" => None,
+            a => Some(a.parse().map_err(|_| ConfigError::BadMetricsAddr)?),
+        };
+        let queue_depth = seconds("--queue-depth-interval", args.queue_depth_interval, true)?;
+        Ok(Config {
+            database_url,
+            worker: args.worker_name.clone().filter(|w| !w.trim().is_empty()).unwrap_or_else(default_worker_name),
+            poll_interval: seconds("--poll-interval", args.poll_interval, false)?,
+            grace_period: seconds("--grace-period", args.grace_period, true)?,
+            breaker_window: seconds("--breaker-window", args.breaker_window, false)?,
+            breaker_open: seconds("--breaker-open", args.breaker_open, false)?,
+            queue_depth_interval: (!queue_depth.is_zero()).then_some(queue_depth),
+            request_timeout,
+            metrics_addr,
+            args,
+        })
+    }
+}
+
+/// `host-pid-xxxx`: unique per process, readable in `byok.jobs.leased_by`.
+fn default_worker_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "byok-sidecar".to_owned());
+    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -1,0 +1,210 @@
+//! The database side: one connection, kept alive by a supervisor that
+//! reconnects with capped, jittered backoff (Postgres restarts,
+//! `pg_terminate_backend`, network blips), LISTENs on `byok_jobs`, and
+//! publishes the current client to everyone who needs it.
+//!
+//! Every call is a single autocommit statement: no transaction is ever open
+//! while a vendor call is in flight.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use byok_core::Vendor;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::job::{Job, Lease};
+use crate::metrics::Metrics;
+
+/// NOTIFY channel the extension signals new jobs on.
+pub const CHANNEL: &str = "byok_jobs";
+
+/// Hands out the live client, if any.
+#[derive(Clone)]
+pub struct Db {
+    rx: watch::Receiver<Option<Arc<Client>>>,
+}
+
+impl Db {
+    /// The live client, waiting for a reconnect until `deadline`.
+    pub async fn client(&self, deadline: Instant) -> Option<Arc<Client>> {
+        let mut rx = self.rx.clone();
+        let wait = rx.wait_for(|c| c.as_ref().is_some_and(|c| !c.is_closed()));
+        let client = match tokio::time::timeout_at(deadline, wait).await {
+            Ok(Ok(c)) => c.clone(),
+            _ => None,
+        };
+        client
+    }
+}
+
+/// Starts the supervisor; it runs until `stop` fires. `wake` is notified on
+/// every NOTIFY and after every reconnect (jobs may have queued meanwhile).
+pub fn supervise(url: String, wake: Arc<Notify>, metrics: Arc<Metrics>, stop: CancellationToken) -> Db {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let mut failures: u32 = 0;
+        let mut connected_once = false;
+        while !stop.is_cancelled() {
+            match connect(&url, wake.clone()).await {
+                Ok((client, driver)) => {
+                    if connected_once {
+                        metrics.db_reconnect();
+                    }
+                    connected_once = true;
+                    failures = 0;
+                    tracing::info!("database connected; listening on {CHANNEL}");
+                    metrics.set_db_connected(true);
+                    tx.send_replace(Some(Arc::new(client)));
+                    wake.notify_one();
+                    tokio::select! {
+                        _ = driver => tracing::warn!("database connection lost; reconnecting"),
+                        _ = stop.cancelled() => {}
+                    }
+                    metrics.set_db_connected(false);
+                    tx.send_replace(None);
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, attempt = failures, "cannot connect to the database; retrying");
+                }
+            }
+            let delay = reconnect_delay(failures);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.cancelled() => {}
+            }
+        }
+    });
+    Db { rx }
+}
+
+/// 0.25 s doubling to 8 s, with ±50% jitter so many sidecars do not
+/// reconnect in lock-step after a database restart.
+pub fn reconnect_delay(failures: u32) -> Duration {
+    let base = 0.25 * f64::from(1u32 << failures.min(5));
+    Duration::from_secs_f64(base * (0.5 + rand::random::<f64>()))
+}
+
+async fn connect(url: &str, wake: Arc<Notify>) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    config.application_name("byok-sidecar");
+    config.connect_timeout(Duration::from_secs(5));
+    config.keepalives_idle(Duration::from_secs(30));
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "database connection error");
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    // A stuck statement must not hold a job past its lease.
+    client.batch_execute(&format!("SET statement_timeout = '30s'; LISTEN {CHANNEL}")).await?;
+    Ok((client, driver))
+}
+
+/// `byok.claim_jobs`. Unknown vendors (never expected) are skipped.
+pub async fn claim(client: &Client, worker: &str, max: u32, lease_seconds: u32) -> Result<Vec<Job>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT job_id, key_id, workspace_id, vendor, api_key, attempt, lease_token FROM byok.claim_jobs($1, $2, $3)",
+            &[&worker, &(max as i32), &(lease_seconds as i32)],
+        )
+        .await?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in rows {
+        let key: Zeroizing<String> = Zeroizing::new(row.get::<_, Option<String>>(4).unwrap_or_default());
+        let vendor_name: String = row.get(3);
+        let Ok(vendor) = Vendor::parse(&vendor_name) else {
+            tracing::error!(job_id = row.get::<_, i64>(0), "claimed a job of an unknown vendor; leaving it to its lease");
+            continue;
+        };
+        jobs.push(Job::new(row.get(0), row.get(1), row.get(2), vendor, key, row.get(5), row.get(6)));
+    }
+    Ok(jobs)
+}
+
+/// What a job's verdict writes back.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub outcome: &'static str,
+    pub detail: String,
+    pub http_status: Option<u16>,
+    pub retry_after_seconds: Option<u32>,
+}
+
+/// `byok.finish_job`: the key's new status, or `stale`.
+pub async fn finish(client: &Client, lease: &Lease, f: &Finish) -> Result<String, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT byok.finish_job($1, $2, $3, $4, $5, $6)",
+            &[
+                &lease.job_id,
+                &lease.lease_token,
+                &f.outcome,
+                &f.detail,
+                &f.http_status.map(i32::from),
+                &f.retry_after_seconds.map(|s| s.min(86_400) as i32),
+            ],
+        )
+        .await?;
+    Ok(row.get::<_, Option<String>>(0).unwrap_or_default())
+}
+
+/// `byok.release_job`: hand a claimed job back without spending its attempt.
+pub async fn release(client: &Client, job_id: i64, token: Uuid, delay_seconds: u32) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one("SELECT byok.release_job($1, $2, $3)", &[&job_id, &token, &(delay_seconds.min(3600) as i32)])
+        .await?;
+    Ok(row.get::<_, Option<bool>>(0).unwrap_or(false))
+}
+
+/// `byok.defer_jobs`: push a vendor's ready jobs back without counting attempts.
+pub async fn defer(client: &Client, vendor: Vendor, seconds: u32) -> Result<i32, tokio_postgres::Error> {
+    let row = client.query_one("SELECT byok.defer_jobs($1, $2)", &[&vendor.as_str(), &(seconds.clamp(1, 3600) as i32)]).await?;
+    Ok(row.get::<_, Option<i32>>(0).unwrap_or(0))
+}
+
+/// `byok.report_vendor_status`.
+pub async fn report(client: &Client, worker: &str, vendor: Vendor, state: &str, detail: &str) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute("SELECT byok.report_vendor_status($1, $2, $3, $4)", &[&worker, &vendor.as_str(), &state, &detail])
+        .await?;
+    Ok(())
+}
+
+/// `byok.queue_depth()`: (vendor, ready, leased, waiting).
+pub async fn queue_depth(client: &Client) -> Result<Vec<(Vendor, i64, i64, i64)>, tokio_postgres::Error> {
+    let rows = client.query("SELECT vendor, ready, leased, waiting FROM byok.queue_depth()", &[]).await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| Vendor::parse(r.get::<_, &str>(0)).ok().map(|v| (v, r.get(1), r.get(2), r.get(3))))
+        .collect())
+}
+
+/// A readable one-line description (tokio-postgres' `Display` hides the
+/// server's message behind "db error").
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// Whether the error means the function is missing or not granted (an
+/// older extension, or the role lacks byok_worker): retrying won't help.
+pub fn is_missing_or_forbidden(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| *c == SqlState::UNDEFINED_FUNCTION || *c == SqlState::INSUFFICIENT_PRIVILEGE)
+}

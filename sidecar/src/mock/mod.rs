@@ -1,0 +1,240 @@
+//! `byok-sidecar mock-vendor`: a loopback stand-in for the Anthropic and
+//! OpenAI APIs, for tests and the demo (there is no internet here, and no
+//! test may call a real vendor).
+//!
+//! Anthropic lives under `/anthropic`, OpenAI under `/openai` (both vendors
+//! serve `/v1/models`, so one port needs a prefix): point the sidecar at it
+//! with `ANTHROPIC_BASE_URL=http://127.0.0.1:PORT/anthropic` and
+//! `OPENAI_BASE_URL=http://127.0.0.1:PORT/openai`. Requests are checked the
+//! way the vendors check them (headers, body fields) and refused in the
+//! vendors' shapes, and every refusal of a malformed request is counted, so
+//! a test can prove the sidecar sends conforming requests. Keys are judged
+//! by [`rules`]. Control endpoints:
+//! - `POST /__mock/outage {"vendor":"anthropic","status":529,"seconds":10}`:
+//!   every call to that vendor answers `status` for that long (0 s clears);
+//! - `GET /__mock/stats`: request counts and the last malformed-request reasons;
+//! - `POST /__mock/reset`: clears outages and counters.
+
+mod anthropic;
+pub mod control;
+mod openai;
+pub mod rules;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use byok_core::Vendor;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use rules::Behaviour;
+
+/// Settings of `byok-sidecar mock-vendor`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MockArgs {
+    /// Address to listen on (loopback only; port 0 picks a free port). The
+    /// first line on stdout is `mock-vendor listening on http://ADDR`.
+    #[arg(long, env = "BYOK_MOCK_LISTEN", default_value = "127.0.0.1:8089")]
+    pub listen: SocketAddr,
+    /// Delay of keys marked `mockslow`, milliseconds.
+    #[arg(long, default_value_t = 1500)]
+    pub slow_ms: u64,
+    /// How long keys marked `mockhang` hang before answering, seconds.
+    #[arg(long, default_value_t = 300)]
+    pub hang_seconds: u64,
+    /// Log format: `json` or `text`.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: crate::config::LogFormat,
+}
+
+/// Shared, mutable state of one mock server.
+#[derive(Clone)]
+pub struct MockState(Arc<Shared>);
+
+struct Shared {
+    slow: Duration,
+    hang: Duration,
+    outages: Mutex<Vec<(Vendor, u16, Instant)>>,
+    stats: Mutex<control::Stats>,
+}
+
+impl MockState {
+    pub fn new(slow: Duration, hang: Duration) -> MockState {
+        MockState(Arc::new(Shared { slow, hang, outages: Mutex::default(), stats: Mutex::default() }))
+    }
+
+    fn outage(&self, vendor: Vendor) -> Option<u16> {
+        let now = Instant::now();
+        let mut outages = self.0.outages.lock().unwrap();
+        outages.retain(|(_, _, until)| *until > now);
+        outages.iter().find(|(v, _, _)| *v == vendor).map(|(_, s, _)| *s)
+    }
+
+    fn count(&self, vendor: Vendor, behaviour: &'static str) {
+        self.0.stats.lock().unwrap().count(vendor, behaviour);
+    }
+
+    fn malformed(&self, vendor: Vendor, reason: &str) {
+        tracing::warn!(vendor = vendor.as_str(), reason, "malformed request refused");
+        self.0.stats.lock().unwrap().malformed(vendor, reason);
+    }
+}
+
+/// Per-connection switch a handler flips to reset its TCP connection.
+#[derive(Clone)]
+struct KillSwitch(CancellationToken);
+
+/// What the common gate decided before the vendor-specific answer.
+enum Gate {
+    /// Answer according to this behaviour.
+    Go(Behaviour),
+    /// A vendor-wide outage is scripted: answer this status.
+    Outage(u16),
+}
+
+/// Applies the behaviours both vendors share (outages, latency, hangs,
+/// resets); what is left is answered by the vendor module.
+async fn gate(state: &MockState, kill: &KillSwitch, vendor: Vendor, behaviour: Behaviour) -> Gate {
+    if let Some(status) = state.outage(vendor) {
+        state.count(vendor, "outage");
+        return Gate::Outage(status);
+    }
+    state.count(vendor, behaviour_name(behaviour));
+    match behaviour {
+        Behaviour::Slow => tokio::time::sleep(state.0.slow).await,
+        Behaviour::Hang => tokio::time::sleep(state.0.hang).await,
+        Behaviour::Reset => {
+            kill.0.cancel();
+            std::future::pending::<()>().await;
+        }
+        _ => {}
+    }
+    Gate::Go(behaviour)
+}
+
+fn behaviour_name(b: Behaviour) -> &'static str {
+    rules::MARKERS.iter().find(|(_, m)| *m == b).map_or("valid", |(name, _)| name)
+}
+
+/// A JSON answer with the vendor's request-id header.
+fn json(status: u16, id_header: &'static str, request_id: &str, body: serde_json::Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (status, axum::Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert(id_header, v);
+    }
+    resp
+}
+
+fn request_id(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The mock's routes.
+pub fn router(state: MockState) -> Router {
+    Router::new()
+        .route("/anthropic/v1/models", get(anthropic::models))
+        .route("/anthropic/v1/messages", post(anthropic::messages))
+        .route("/openai/v1/models", get(openai::models))
+        .route("/openai/v1/chat/completions", post(openai::chat))
+        .route("/__mock/outage", post(control::outage))
+        .route("/__mock/stats", get(control::stats))
+        .route("/__mock/reset", post(control::reset))
+        .fallback(control::not_found)
+        .with_state(state)
+}
+
+/// A running mock server.
+pub struct MockHandle {
+    pub addr: SocketAddr,
+    pub state: MockState,
+    stop: CancellationToken,
+}
+
+impl MockHandle {
+    pub fn anthropic_base(&self) -> String {
+        format!("http://{}/anthropic", self.addr)
+    }
+    pub fn openai_base(&self) -> String {
+        format!("http://{}/openai", self.addr)
+    }
+}
+
+impl Drop for MockHandle {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Binds `addr` (loopback only) and serves in the background.
+pub async fn start(addr: SocketAddr, slow: Duration, hang: Duration) -> std::io::Result<MockHandle> {
+    if !addr.ip().is_loopback() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "the mock vendor listens on loopback only"));
+    }
+    let listener = TcpListener::bind(addr).await?;
+    let state = MockState::new(slow, hang);
+    let stop = CancellationToken::new();
+    let handle = MockHandle { addr: listener.local_addr()?, state: state.clone(), stop: stop.clone() };
+    tokio::spawn(accept_loop(listener, router(state), stop));
+    Ok(handle)
+}
+
+/// Serves each connection with its own [`KillSwitch`]: firing it drops the
+/// connection with SO_LINGER 0, which sends a TCP reset.
+async fn accept_loop(listener: TcpListener, app: Router, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(_) => continue,
+            },
+        };
+        let kill = KillSwitch(CancellationToken::new());
+        let service = TowerToHyperService::new(app.clone().layer(Extension(kill.clone())));
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let Ok(std) = stream.into_std() else { return };
+            let Ok(twin) = std.try_clone() else { return };
+            let Ok(stream) = tokio::net::TcpStream::from_std(std) else { return };
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = conn => {}
+                _ = stop.cancelled() => {}
+                _ = kill.0.cancelled() => {
+                    if let Ok(twin) = tokio::net::TcpStream::from_std(twin) {
+                        let _ = twin.set_zero_linger();
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Runs the mock until SIGINT/SIGTERM.
+pub async fn run(args: MockArgs) -> Result<(), String> {
+    let handle = start(args.listen, Duration::from_millis(args.slow_ms), Duration::from_secs(args.hang_seconds))
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    println!("mock-vendor listening on http://{}", handle.addr);
+    tracing::info!(
+        anthropic = %handle.anthropic_base(),
+        openai = %handle.openai_base(),
+        "mock vendor ready; set ANTHROPIC_BASE_URL / OPENAI_BASE_URL to these"
+    );
+    crate::signals::terminated().await;
+    tracing::info!("mock vendor stopping");
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

@@ -1,0 +1,73 @@
+//! Side traffic to SQL: circuit-breaker reports (`byok.report_vendor_status`,
+//! `byok.defer_jobs`) and the queue-depth gauge (`byok.queue_depth()`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use byok_core::Vendor;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::State;
+use crate::db::{self, Db};
+use crate::metrics::Metrics;
+
+/// One breaker state change (or heartbeat) to write to SQL.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub vendor: Vendor,
+    pub state: State,
+    pub detail: String,
+}
+
+/// Writes reports in order. On `open` it first defers the vendor's ready
+/// jobs for the open interval, so no sidecar spends attempts on them.
+pub async fn reporter(db: Db, worker: String, open_for: Duration, mut rx: mpsc::UnboundedReceiver<Report>) {
+    while let Some(r) = rx.recv().await {
+        let Some(client) = db.client(Instant::now() + Duration::from_secs(15)).await else {
+            tracing::warn!(vendor = r.vendor.as_str(), state = r.state.as_str(), "database unavailable: breaker state not reported");
+            continue;
+        };
+        if r.state == State::Open {
+            let seconds = open_for.as_secs_f64().ceil() as u32;
+            match db::defer(&client, r.vendor, seconds).await {
+                Ok(n) => tracing::info!(vendor = r.vendor.as_str(), deferred = n, seconds, "deferred the vendor's ready jobs"),
+                Err(e) => tracing::warn!(vendor = r.vendor.as_str(), error = %db::describe(&e), "byok.defer_jobs failed"),
+            }
+        }
+        if let Err(e) = db::report(&client, &worker, r.vendor, r.state.as_str(), &r.detail).await {
+            tracing::warn!(vendor = r.vendor.as_str(), error = %db::describe(&e), "byok.report_vendor_status failed");
+        }
+    }
+}
+
+/// Refreshes the queue-depth gauge every `interval`; stops for good when
+/// the function is missing or not granted (then the gauge stays absent).
+pub async fn queue_depth_loop(db: Db, metrics: Arc<Metrics>, interval: Option<Duration>, stop: CancellationToken) {
+    let Some(interval) = interval else { return };
+    loop {
+        if let Some(client) = db.client(Instant::now() + Duration::from_millis(100)).await {
+            match db::queue_depth(&client).await {
+                Ok(rows) => {
+                    for vendor in Vendor::ALL {
+                        let (ready, leased, waiting) =
+                            rows.iter().find(|r| r.0 == vendor).map_or((0, 0, 0), |r| (r.1, r.2, r.3));
+                        metrics.queue_depth(vendor, "ready", ready);
+                        metrics.queue_depth(vendor, "leased", leased);
+                        metrics.queue_depth(vendor, "waiting", waiting);
+                    }
+                }
+                Err(e) if db::is_missing_or_forbidden(&e) => {
+                    tracing::warn!(error = %db::describe(&e), "byok.queue_depth() unavailable; queue-depth gauge disabled");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %db::describe(&e), "queue depth refresh failed"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

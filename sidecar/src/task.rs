@@ -1,0 +1,174 @@
+//! One claimed job, from the breaker's admission to the write-back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use byok_core::Vendor;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::breaker::{Admit, State, Transition};
+use crate::db::{self, Finish};
+use crate::job::{Job, Lease};
+use crate::report::Report;
+use crate::worker::Shared;
+
+/// Starts work on a claimed job: probe it, or hand it straight back when
+/// the vendor's breaker is open.
+pub fn dispatch(sh: &Arc<Shared>, tracker: &TaskTracker, job: Job, permit: OwnedSemaphorePermit, claimed_at: Instant) {
+    let vendor = job.vendor;
+    let (admit, transition) = sh.breaker(vendor, |b| b.admit(std::time::Instant::now()));
+    if let Some(t) = transition {
+        on_transition(sh, vendor, t, None);
+    }
+    let sh = sh.clone();
+    match admit {
+        Admit::Defer(wait) => {
+            let lease = job.lease();
+            drop(job); // wipes the key: it will not be used
+            drop(permit);
+            tracker.spawn(async move { hand_back(&sh, lease, whole_seconds(wait), "deferred").await });
+        }
+        Admit::Probe | Admit::Trial => {
+            let trial = admit == Admit::Trial;
+            tracker.spawn(async move {
+                process(&sh, job, trial, sh.finish_deadline(claimed_at)).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn process(sh: &Arc<Shared>, mut job: Job, trial: bool, deadline: Instant) {
+    let lease = job.lease();
+    let attempt = job.attempt;
+    let key_id = job.key_id;
+    let Some(key) = job.take_key() else { return };
+    drop(job);
+    sh.metrics.in_flight_add(1);
+    let result = tokio::select! {
+        r = sh.prober.probe(lease.vendor, key) => Some(r),
+        _ = sh.hard_stop.cancelled() => None,
+    };
+    sh.metrics.in_flight_add(-1);
+    let Some(res) = result else {
+        hand_back(sh, lease, 0, "released").await;
+        return;
+    };
+    let vendor = lease.vendor;
+    sh.metrics.latency(vendor, res.took);
+    let v = &res.verdict;
+    let now = std::time::Instant::now();
+    let (transition, open_left) =
+        sh.breaker(vendor, |b| (b.record(now, lease.workspace_id, v.vendor_fault, trial), b.open_remaining(now)));
+    if let Some(t) = transition {
+        on_transition(sh, vendor, t, Some(&v.detail));
+    }
+    tracing::info!(
+        job_id = lease.job_id, %key_id, workspace_id = %lease.workspace_id, vendor = vendor.as_str(), attempt,
+        outcome = v.outcome.as_str(), warning = v.warning, http_status = res.http_status,
+        took_ms = res.took.as_millis() as u64, trial, detail = %v.detail, "vendor answered"
+    );
+    if v.vendor_fault && !open_left.is_zero() {
+        // The breaker is open: this failure is the vendor's, not the key's.
+        hand_back(sh, lease, whole_seconds(open_left), "deferred").await;
+        return;
+    }
+    let f = Finish { outcome: v.outcome.as_str(), detail: v.detail.clone(), http_status: res.http_status, retry_after_seconds: v.retry_after_seconds };
+    finish(sh, &lease, &f, deadline).await;
+    if !v.vendor_fault {
+        heartbeat(sh, vendor);
+    }
+}
+
+/// `finish_job`, retried across reconnects until the lease is about to run
+/// out; after that the job is left to be reclaimed (never lost).
+async fn finish(sh: &Shared, lease: &Lease, f: &Finish, deadline: Instant) {
+    let mut tries = 0u32;
+    loop {
+        let deadline = if sh.hard_stop.is_cancelled() { deadline.min(Instant::now() + Duration::from_secs(5)) } else { deadline };
+        let Some(client) = sh.db.client(deadline).await else {
+            sh.metrics.finish_failure();
+            tracing::warn!(job_id = lease.job_id, "could not record the verdict before the lease ran out; the job will be claimed again");
+            return;
+        };
+        match db::finish(&client, lease, f).await {
+            Ok(status) => {
+                let label = match (status.as_str(), f.outcome) {
+                    ("stale", _) => "stale",
+                    ("unverified", _) => "unverified",
+                    (_, o) => o,
+                };
+                sh.metrics.job(lease.vendor, label);
+                tracing::info!(job_id = lease.job_id, vendor = lease.vendor.as_str(), outcome = f.outcome, key_status = %status, "verdict recorded");
+                return;
+            }
+            Err(e) => {
+                sh.metrics.finish_failure();
+                tries += 1;
+                if e.as_db_error().is_some() && !e.is_closed() {
+                    tracing::error!(job_id = lease.job_id, error = %db::describe(&e), "byok.finish_job refused the verdict; the job will be claimed again");
+                    return;
+                }
+                tracing::warn!(job_id = lease.job_id, error = %db::describe(&e), "recording the verdict failed; retrying");
+                tokio::time::sleep(db::reconnect_delay(tries).min(deadline.saturating_duration_since(Instant::now()))).await;
+                if Instant::now() >= deadline {
+                    tracing::warn!(job_id = lease.job_id, "lease ran out before the verdict was recorded; the job will be claimed again");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// `release_job`: back to the queue without spending the attempt.
+async fn hand_back(sh: &Shared, lease: Lease, delay_seconds: u32, label: &'static str) {
+    let Some(client) = sh.db.client(Instant::now() + Duration::from_secs(10)).await else {
+        tracing::warn!(job_id = lease.job_id, "database unavailable: job left to its lease");
+        return;
+    };
+    match db::release(&client, lease.job_id, lease.lease_token, delay_seconds).await {
+        Ok(done) => {
+            sh.metrics.job(lease.vendor, if done { label } else { "stale" });
+            tracing::info!(job_id = lease.job_id, vendor = lease.vendor.as_str(), delay_seconds, released = done, reason = label, "job handed back");
+        }
+        Err(e) => tracing::warn!(job_id = lease.job_id, error = %db::describe(&e), "byok.release_job failed; job left to its lease"),
+    }
+}
+
+fn on_transition(sh: &Shared, vendor: Vendor, t: Transition, last_detail: Option<&str>) {
+    let name = vendor.display_name();
+    let open = sh.cfg.breaker_open.as_secs_f64();
+    let (state, detail) = match t {
+        Transition::Opened { workspaces } => (
+            State::Open,
+            format!(
+                "{name} looks down: vendor-side failures from {workspaces} workspace(s) within {:.0}s{}; validations \
+                 paused for {open:.0}s without spending attempts, then one trial call",
+                sh.cfg.breaker_window.as_secs_f64(),
+                last_detail.map(|d| format!(" (last: {d})")).unwrap_or_default()
+            ),
+        ),
+        Transition::HalfOpened => (State::HalfOpen, format!("{name}: open interval over; one trial validation call in flight")),
+        Transition::Closed => (State::Closed, format!("{name} is answering again; validations resumed")),
+    };
+    if state == State::Closed {
+        tracing::info!(vendor = vendor.as_str(), state = state.as_str(), "circuit breaker: {detail}");
+    } else {
+        tracing::warn!(vendor = vendor.as_str(), state = state.as_str(), "circuit breaker: {detail}");
+    }
+    sh.report(Report { vendor, state, detail });
+}
+
+/// While closed, reports `closed` about once a minute after a real answer,
+/// so a stale `open` left by a sidecar that died gets overwritten.
+fn heartbeat(sh: &Shared, vendor: Vendor) {
+    if sh.breaker_state(vendor) == State::Closed && sh.heartbeat_due(vendor) {
+        sh.report(Report { vendor, state: State::Closed, detail: format!("{} is answering", vendor.display_name()) });
+    }
+}
+
+fn whole_seconds(d: Duration) -> u32 {
+    (d.as_secs_f64().ceil() as u32).clamp(1, 3600)
+}
