@@ -319,6 +319,12 @@ impl Cluster {
     }
 
     fn start_postmaster(&mut self) {
+        if let Err(msg) = self.try_start_postmaster() {
+            panic!("{msg}");
+        }
+    }
+
+    fn try_start_postmaster(&mut self) -> Result<(), String> {
         assert!(!self.running, "start: the cluster is already running");
         for attempt in 1..=PORT_ATTEMPTS {
             let log_len_before = fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
@@ -335,7 +341,7 @@ impl Cluster {
             let out = Self::run_as_postgres(&mut cmd);
             if out.status.success() {
                 self.running = true;
-                return;
+                return Ok(());
             }
             let log = fs::read(&self.log).unwrap_or_default();
             let new_log = String::from_utf8_lossy(&log[(log_len_before as usize).min(log.len())..]);
@@ -349,14 +355,15 @@ impl Cluster {
             }
             // pg_ctl may give up while the postmaster lingers: make sure it is gone.
             self.force_stop();
-            panic!(
+            return Err(format!(
                 "pg_ctl start failed (attempt {attempt}, port {})\n{}\n--- server log tail ({}) ---\n{}",
                 self.port,
                 describe(&out),
                 self.log.display(),
                 self.log_tail()
-            );
+            ));
         }
+        unreachable!("the last attempt returns")
     }
 
     fn bootstrap(&self, create_extension: bool) {
@@ -491,6 +498,13 @@ impl Cluster {
     /// `BYOK_MASTER_KEY` setting).
     pub fn start_again(&mut self) {
         self.start_postmaster();
+    }
+
+    /// Like [`Cluster::start_again`] but returns the failure (pg_ctl output
+    /// and server log tail) instead of panicking, for "the server refuses
+    /// to start" checks.
+    pub fn try_start_again(&mut self) -> Result<(), String> {
+        self.try_start_postmaster()
     }
 
     /// `stop` then `start_again`.
