@@ -54,7 +54,7 @@ as_postgres "$bin/pg_ctl" -D "$run/data" -l "$run/postgres.log" -w start >/dev/n
 psql_as() { local role=$1; shift; psql -X -q -h "$run" -p "$port" -U "$role" -d postgres -v ON_ERROR_STOP=1 "$@"; }
 sql() { psql_as postgres "$@"; }
 
-sql <<'SQL'
+sql -o /dev/null <<'SQL'
 CREATE EXTENSION pg_byok;
 -- Supabase-style roles, so the walkthrough can act as an app user.
 CREATE ROLE anon NOLOGIN; CREATE ROLE authenticated NOLOGIN; CREATE ROLE service_role NOLOGIN;
@@ -116,7 +116,7 @@ step "2. byok-sidecar validates it against the vendor"
 wait_status "$id1" active
 as_member "SELECT masked, status, validated_at IS NOT NULL AS validated FROM byok.list_keys(:'ws');"
 step "3. The backend (role byok_consumer) uses it for a vendor call"
-psql_as app_backend -d postgres -c "SELECT byok.mask(k) AS handed_out, length(k) AS chars FROM byok.use_key('$ws', 'anthropic') k;"
+psql_as app_backend -d postgres -c "SELECT '…' || right(k, 4) AS handed_out_ending, length(k) AS chars FROM byok.use_key('$ws', 'anthropic') k;"
 step "4. A key the vendor refuses is marked invalid, its ciphertext erased"
 id2=$(as_member "SELECT id FROM byok.add_key(:'ws', 'anthropic', :'key') \gset
 \echo :id" "$bad_key" | tail -1)

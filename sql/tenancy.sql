@@ -216,7 +216,7 @@ COMMENT ON FUNCTION byok.attach_workspaces(regclass, name, name) IS
     'Revoke a workspace''s keys when its row is deleted or its status becomes inactive';
 
 CREATE FUNCTION byok._drop_workspace_triggers(tbl regclass) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
 BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS byok_revoke_on_delete ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS byok_revoke_on_truncate ON %s', tbl);

@@ -9,6 +9,7 @@ pgrx::extension_sql_file!("../sql/queue.sql", name = "queue", requires = ["inter
 
 /// Seconds until a job that asked for a retry may be claimed again.
 #[pg_extern(volatile, name = "_retry_delay")]
+#[search_path(pg_catalog, pg_temp)]
 fn retry_delay(attempt: Option<i32>, retry_after_seconds: Option<i32>) -> f64 {
     let attempt = attempt.unwrap_or(1).max(1) as u32;
     let retry_after = retry_after_seconds.and_then(|s| u32::try_from(s).ok());
@@ -17,12 +18,14 @@ fn retry_delay(attempt: Option<i32>, retry_after_seconds: Option<i32>) -> f64 {
 
 /// The attempt limit (setting `byok.max_attempts`).
 #[pg_extern(stable, name = "_max_attempts")]
+#[search_path(pg_catalog, pg_temp)]
 fn max_attempts() -> i32 {
     crate::settings::MAX_ATTEMPTS.get()
 }
 
 /// The statuses that revoke a workspace's keys (setting `byok.inactive_statuses`).
 #[pg_extern(stable, name = "_inactive_statuses")]
+#[search_path(pg_catalog, pg_temp)]
 fn inactive_statuses() -> Vec<String> {
     crate::settings::inactive_statuses()
 }

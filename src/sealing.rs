@@ -27,6 +27,7 @@ fn aad(key_id: &Uuid, workspace_id: &Uuid, vendor: Vendor) -> Aad {
 
 /// Canonical vendor name ('anthropic' | 'openai'), or 22023.
 #[pg_extern(immutable, parallel_safe, name = "_vendor")]
+#[search_path(pg_catalog, pg_temp)]
 fn vendor_name(vendor: Option<&str>) -> &'static str {
     Vendor::parse(required(vendor, "vendor"))
         .or_raise()
@@ -35,6 +36,7 @@ fn vendor_name(vendor: Option<&str>) -> &'static str {
 
 /// Normalise, check and encrypt a key for a new row whose id is chosen here.
 #[pg_extern(volatile, name = "_seal")]
+#[search_path(pg_catalog, pg_temp)]
 fn seal(
     workspace_id: Option<Uuid>,
     vendor: Option<&str>,
@@ -66,6 +68,7 @@ fn seal(
 /// authentication (tampered, or moved to another row), 55000 when the master
 /// key version it needs is absent or different.
 #[pg_extern(volatile, name = "_open")]
+#[search_path(pg_catalog, pg_temp)]
 fn open(
     key_id: Option<Uuid>,
     workspace_id: Option<Uuid>,
@@ -97,6 +100,7 @@ fn open(
 /// material, not even a fingerprint: it tells an operator whether a restart
 /// picked up the keyring they meant.
 #[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
 fn master_key_status() -> TableIterator<
     'static,
     (
@@ -145,5 +149,14 @@ mod tests {
                FROM byok._seal('00000000-0000-0000-0000-00000000000b', 'anthropic', '{key}') s"
         ));
         assert_eq!(err.as_deref(), Some("XX001"));
+    }
+
+    #[pg_test]
+    fn master_key_status_lists_versions_without_key_material() {
+        let (version, primary, source) = Spi::get_three::<i64, bool, String>(
+            "SELECT version, is_primary, source FROM byok.master_key_status()",
+        )
+        .unwrap();
+        assert_eq!((version, primary, source.as_deref()), (Some(1), Some(true), Some("file")));
     }
 }

@@ -122,4 +122,13 @@ mod tests {
         Spi::run(&format!("DELETE FROM app.orgs WHERE org_uuid = '{WS}'")).unwrap();
         assert_eq!(live_keys(WS), 1, "a detached table revokes nothing");
     }
+
+    #[pg_test]
+    fn detach_members_closes_authorization_again() {
+        app_schema();
+        Spi::run("SELECT byok.attach_members('app.people', 'org_ref', 'person')").unwrap();
+        assert_eq!(count("member_source"), 1);
+        Spi::run("SELECT byok.detach_members()").unwrap();
+        assert_eq!(count("member_source"), 0);
+    }
 }
