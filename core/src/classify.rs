@@ -132,7 +132,7 @@ pub fn classify_response(vendor: Vendor, status: u16, headers: &[(&str, &str)], 
             ..verdict(
                 Outcome::Retry,
                 format!(
-                    "{name} could not answer (vendor-side trouble{}); the key was not judged and \
+                    "{name} could not answer{}: vendor-side trouble; the key was not judged and \
                      will be checked again.",
                     err.quote(status)
                 ),

@@ -187,6 +187,8 @@ pub fn transport_kind(e: &reqwest::Error) -> TransportError {
                 TimedOut => return TransportError::Timeout,
                 ConnectionRefused | AddrNotAvailable | HostUnreachable | NetworkUnreachable => return TransportError::Connect,
                 ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => return TransportError::Reset,
+                // Garbage while connecting is the TLS layer refusing what it got.
+                InvalidData if e.is_connect() => return TransportError::Tls,
                 _ => {}
             }
         }
@@ -194,7 +196,7 @@ pub fn transport_kind(e: &reqwest::Error) -> TransportError {
         chain.push(' ');
         source = s.source();
     }
-    if chain.contains("certificate") || chain.contains("tls") || chain.contains("handshake") {
+    if ["certificate", "tls", "handshake", "corrupt message", "peer"].iter().any(|w| chain.contains(w)) {
         TransportError::Tls
     } else if e.is_connect() {
         TransportError::Connect

@@ -161,6 +161,13 @@ async fn hangs_time_out_and_refused_ports_are_connect_errors() {
     };
     let r = Prober::new(&args, Duration::from_secs(2)).unwrap().probe(Vendor::OpenAi, Zeroizing::new(openai_key(""))).await;
     assert_eq!(r.verdict, byok_core::classify::classify_transport(Vendor::OpenAi, TransportError::Connect));
+    // TLS spoken to a plain-HTTP server fails the handshake.
+    let args = {
+        use clap::Parser;
+        crate::config::Cli::try_parse_from(["x", "--anthropic-base-url", &format!("https://{}", m.addr)]).unwrap().run
+    };
+    let r = Prober::new(&args, Duration::from_secs(2)).unwrap().probe(Vendor::Anthropic, Zeroizing::new(anthropic_key(""))).await;
+    assert_eq!(r.verdict, byok_core::classify::classify_transport(Vendor::Anthropic, TransportError::Tls));
 }
 
 #[tokio::test]
