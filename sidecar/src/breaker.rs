@@ -58,6 +58,8 @@ pub enum Admit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
     Opened { workspaces: usize },
+    /// The half-open trial met vendor trouble again.
+    Reopened,
     HalfOpened,
     Closed,
 }
@@ -138,7 +140,7 @@ impl Breaker {
             }
             Inner::HalfOpen { .. } if trial => {
                 self.inner = Inner::Open { until: now + open_for };
-                Some(Transition::Opened { workspaces: 1 })
+                Some(Transition::Reopened)
             }
             Inner::Closed { failures } if vendor_fault => {
                 failures.push_back((now, workspace));

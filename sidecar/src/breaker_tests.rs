@@ -78,7 +78,7 @@ fn half_open_trial_failure_reopens_for_a_full_interval() {
     b.record(t0, ws(2), true, false);
     let t1 = t0 + Duration::from_secs(31);
     assert_eq!(b.admit(t1).0, Admit::Trial);
-    assert_eq!(b.record(t1, ws(3), true, true), Some(Transition::Opened { workspaces: 1 }));
+    assert_eq!(b.record(t1, ws(3), true, true), Some(Transition::Reopened));
     assert_eq!(b.admit(t1 + Duration::from_secs(1)).0, Admit::Defer(Duration::from_secs(29)));
 }
 

@@ -81,7 +81,7 @@ impl Prober {
             Ok(r) => self.client.execute(r).await,
             Err(e) => Err(e),
         };
-        let result = match outcome {
+        match outcome {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let headers = keep_headers(resp.headers());
@@ -95,8 +95,7 @@ impl Prober {
                 }
             }
             Err(e) => no_answer(vendor, &e, started),
-        };
-        result
+        }
     }
 
     fn request(&self, vendor: Vendor, key: &str) -> reqwest::Result<reqwest::Request> {

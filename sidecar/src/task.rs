@@ -150,6 +150,13 @@ fn on_transition(sh: &Shared, vendor: Vendor, t: Transition, last_detail: Option
                 last_detail.map(|d| format!(" (last: {d})")).unwrap_or_default()
             ),
         ),
+        Transition::Reopened => (
+            State::Open,
+            format!(
+                "{name} is still down: the trial validation call failed{}; validations paused for another {open:.0}s",
+                last_detail.map(|d| format!(" ({d})")).unwrap_or_default()
+            ),
+        ),
         Transition::HalfOpened => (State::HalfOpen, format!("{name}: open interval over; one trial validation call in flight")),
         Transition::Closed => (State::Closed, format!("{name} is answering again; validations resumed")),
     };

@@ -64,7 +64,7 @@ fn check_body(headers: &HeaderMap, body: &[u8]) -> Result<(), (String, Option<&'
     }
     let v: Value = serde_json::from_slice(body).map_err(|_| ("We could not parse the JSON body of your request.".to_owned(), None))?;
     let obj = v.as_object().ok_or(("The request body must be a JSON object.".to_owned(), None))?;
-    if !obj.get("model").and_then(Value::as_str).is_some_and(|m| !m.is_empty()) {
+    if obj.get("model").and_then(Value::as_str).is_none_or(str::is_empty) {
         return Err(("you must provide a model parameter".into(), Some("model")));
     }
     let messages = match obj.get("messages") {
