@@ -200,6 +200,24 @@ impl World {
     fn su(&self) -> Client {
         self.c.client()
     }
+
+    /// use_key as service_role through the API, with a clear failure message.
+    fn service_use_key(&self, ws: Uuid, vendor: &str) -> String {
+        self.act("service_role", None, |tx| use_key(tx, ws, vendor)).unwrap_or_else(|e| {
+            panic!(
+                "service_role must be able to call byok.use_key (API.md: byok_consumer is granted to \
+                 service_role; Supabase creates service_role NOINHERIT, so a role membership alone \
+                 grants it nothing): {} (SQLSTATE {})",
+                error_text(&e),
+                sqlstate(&e)
+            )
+        })
+    }
+
+    /// use_key as the backend LOGIN role granted byok_consumer.
+    fn consumer_use_key(&self, ws: Uuid, vendor: &str) -> Result<String, postgres::Error> {
+        use_key(&mut self.c.client_as("backend"), ws, vendor)
+    }
 }
 
 fn rows_of(r: Result<Vec<postgres::Row>, postgres::Error>, what: &str) -> Vec<postgres::Row> {
@@ -354,16 +372,16 @@ fn isolation_checks(w: &World) {
         expect_state(w.act("anon", sub, |tx| tx.query("SELECT 1 FROM byok.audit_log", &[])), "42501", &what("SELECT audit_log"));
     }
 
-    // service_role: use_key for any workspace; never the ciphertext column.
-    assert_eq!(w.act("service_role", None, |tx| use_key(tx, a, "anthropic")).unwrap(), w.key_a);
-    assert_eq!(w.act("service_role", None, |tx| use_key(tx, b, "anthropic")).unwrap(), w.key_b);
-    assert_eq!(w.act("service_role", None, |tx| list_keys(tx, b)).unwrap().len(), 1);
-    expect_state(w.act("service_role", None, |tx| tx.query("SELECT ciphertext FROM byok.keys", &[])), "42501", "service_role ciphertext");
-
     // Nothing of B changed, and B still serves.
     assert_eq!(list_keys(&mut w.su(), b).unwrap(), before_b);
     assert!(ciphertext(&mut w.su(), id_b).is_some());
-    assert_eq!(use_key(&mut w.c.client_as("backend"), b, "anthropic").unwrap(), w.key_b);
+    assert_eq!(w.consumer_use_key(b, "anthropic").unwrap(), w.key_b);
+
+    // service_role: every workspace, use_key included; never the ciphertext column.
+    assert_eq!(w.act("service_role", None, |tx| list_keys(tx, b)).unwrap().len(), 1);
+    expect_state(w.act("service_role", None, |tx| tx.query("SELECT ciphertext FROM byok.keys", &[])), "42501", "service_role ciphertext");
+    assert_eq!(w.service_use_key(a, "anthropic"), w.key_a);
+    assert_eq!(w.service_use_key(b, "anthropic"), w.key_b);
 }
 
 #[test]
@@ -385,7 +403,19 @@ fn isolation_checks_light(w: &World) {
     expect_state(w.act("authenticated", Some(w.alice), |tx| list_keys(tx, w.b)), "42501", "alice list_keys(B)");
     assert_eq!(w.act("authenticated", Some(w.alice), |tx| list_keys(tx, w.a)).unwrap().len(), 2);
     expect_state(w.act("anon", None, |tx| list_keys(tx, w.a)), "42501", "anon");
-    assert_eq!(w.act("service_role", None, |tx| use_key(tx, w.a, "anthropic")).unwrap(), w.key_a);
+    assert_eq!(w.service_use_key(w.a, "anthropic"), w.key_a);
+}
+
+#[test]
+fn service_role_can_use_key_and_authenticated_cannot() {
+    for when in [RolesCreated::BeforeExtension, RolesCreated::AfterExtension] {
+        let w = world(when);
+        expect_state(w.act("authenticated", Some(w.alice), |tx| use_key(tx, w.a, "anthropic")), "42501", "authenticated use_key");
+        expect_state(w.act("anon", None, |tx| use_key(tx, w.a, "anthropic")), "42501", "anon use_key");
+        assert_eq!(w.service_use_key(w.a, "anthropic"), w.key_a);
+        assert_eq!(w.service_use_key(w.b, "anthropic"), w.key_b);
+        expect_state(w.act("service_role", None, |tx| use_key(tx, Uuid::new_v4(), "anthropic")), "P0002", "service_role, no key");
+    }
 }
 
 #[test]
@@ -471,7 +501,7 @@ fn injection_text_in_labels_reasons_vendors_and_subjects_is_inert() {
         let key = sample_key("anthropic", 7300 + i as u64);
         let vendor = format!("anthropic{text}");
         expect_state(w.act("authenticated", Some(alice), |tx| add_key(tx, a, &vendor, &key, None)), "22023", "injection in vendor");
-        expect_state(w.act("service_role", None, |tx| use_key(tx, a, &vendor)), "22023", "injection in use_key vendor");
+        expect_state(w.consumer_use_key(a, &vendor), "22023", "injection in use_key vendor");
         // In the JWT subject: never authorized.
         let claims = serde_json::json!({"sub": text, "role": "authenticated"}).to_string();
         expect_state(w.act_raw_claims("authenticated", &claims, |tx| list_keys(tx, a)), "42501", "injection in sub");
@@ -504,7 +534,7 @@ fn injection_text_in_labels_reasons_vendors_and_subjects_is_inert() {
     assert_eq!(orgs_after, orgs_before);
     assert!(audit_rows(&mut db).len() > audit_before, "audit rows only grow");
     assert_eq!(w.act("authenticated", Some(alice), |tx| list_keys(tx, a)).unwrap().iter().filter(|k| k.status == "active").count(), 1);
-    assert_eq!(w.act("service_role", None, |tx| use_key(tx, a, "anthropic")).unwrap(), w.key_a);
+    assert_eq!(w.consumer_use_key(a, "anthropic").unwrap(), w.key_a);
     expect_state(w.act("authenticated", Some(alice), |tx| list_keys(tx, w.b)), "42501", "alice still kept out of B");
 }
 
@@ -809,7 +839,7 @@ fn audit_log_is_append_only_for_every_role() {
     let mut db = w.su();
     // Some history: use, revoke, revalidate.
     use_key(&mut db, w.a, "anthropic").unwrap();
-    w.act("service_role", None, |tx| use_key(tx, w.b, "anthropic")).unwrap();
+    w.consumer_use_key(w.b, "anthropic").unwrap();
     w.act("authenticated", Some(w.alice), |tx| revalidate_key(tx, w.id_a)).unwrap();
     let snapshot = audit_rows(&mut db);
     assert!(snapshot.len() >= 5, "history recorded: {}", snapshot.len());
@@ -854,7 +884,7 @@ fn audit_rows_name_the_actor_and_never_hold_key_material() {
     let k = w.act("authenticated", Some(alice), |tx| add_key(tx, a, "anthropic", &rot, Some(&label_with_key))).unwrap();
     assert_no_key_material(&k.label.clone().unwrap_or_default(), &[&rot], "label returned by add_key");
     w.validate_all();
-    assert_eq!(w.act("service_role", None, |tx| use_key(tx, a, "anthropic")).unwrap(), rot);
+    assert_eq!(w.consumer_use_key(a, "anthropic").unwrap(), rot);
     let bad = sample_key("openai", 8102);
     keys.push(bad.clone());
     w.act("authenticated", Some(alice), |tx| add_key(tx, a, "openai", &bad, None)).unwrap();
@@ -896,6 +926,15 @@ fn audit_rows_name_the_actor_and_never_hold_key_material() {
         assert!(rows.iter().any(|r| has_value(r, action)), "an audit row for '{action}'");
     }
     let use_rows: Vec<&Value> = rows.iter().filter(|r| has_value(r, "use") && has_value(r, &a.to_string())).collect();
-    assert!(use_rows.iter().any(|r| has_value(r, "service_role")), "use by service_role recorded");
+    assert!(use_rows.iter().any(|r| has_value(r, "backend")), "use by the consumer role recorded");
     assert_no_key_material(&w.c.server_log(), &key_refs, "the server log");
+
+    // A use through the API as service_role names service_role.
+    w.service_use_key(a, "anthropic");
+    let rows = audit_rows(&mut db);
+    assert!(
+        rows.iter().any(|r| has_value(r, "use") && has_value(r, "service_role") && has_value(r, &a.to_string())),
+        "use by service_role recorded"
+    );
+    assert_no_key_material(&serde_json::to_string(&rows).unwrap(), &key_refs, "byok.audit_log");
 }
