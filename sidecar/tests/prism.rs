@@ -1,0 +1,41 @@
+//! Conformance against Prism serving the vendors' own OpenAPI specs
+//! (shared/reference/openapi): our probe requests must pass the specs'
+//! request validation and a spec-shaped 2xx must classify as valid.
+//!
+//! Runs only when BYOK_PRISM_ANTHROPIC / BYOK_PRISM_OPENAI name the base
+//! URLs of running Prism mocks (see the README there); otherwise it passes
+//! without doing anything, as Prism is not part of the default toolchain.
+
+use std::time::Duration;
+
+use byok_core::classify::Outcome;
+use byok_core::Vendor;
+use byok_sidecar::config::{Cli, Probe};
+use byok_sidecar::probe::Prober;
+use clap::Parser;
+use zeroize::Zeroizing;
+
+#[tokio::test]
+async fn probes_conform_to_the_vendor_specs() {
+    let (Ok(anthropic), Ok(openai)) = (std::env::var("BYOK_PRISM_ANTHROPIC"), std::env::var("BYOK_PRISM_OPENAI")) else {
+        eprintln!("BYOK_PRISM_ANTHROPIC / BYOK_PRISM_OPENAI not set: skipped");
+        return;
+    };
+    let keys = [
+        (Vendor::Anthropic, format!("sk-ant-api03-{}AA", "a".repeat(93))),
+        (Vendor::OpenAi, format!("sk-proj-{}T3BlbkFJ{}", "b".repeat(74), "c".repeat(74))),
+    ];
+    for probe in [Probe::Completion, Probe::Models] {
+        let p = if probe == Probe::Completion { "completion" } else { "models" };
+        let cli = Cli::try_parse_from([
+            "byok-sidecar", "--anthropic-base-url", &anthropic, "--openai-base-url", &openai,
+            "--anthropic-probe", p, "--openai-probe", p,
+        ])
+        .unwrap();
+        let prober = Prober::new(&cli.run, Duration::from_secs(20)).unwrap();
+        for (vendor, key) in &keys {
+            let r = prober.probe(*vendor, Zeroizing::new(key.clone())).await;
+            assert_eq!(r.verdict.outcome, Outcome::Valid, "{vendor} {p}: {:?} {:?}", r.http_status, r.verdict.detail);
+        }
+    }
+}
