@@ -31,7 +31,11 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { runs: 7, workspaces: 1000, keys: 10 };
+    let mut a = Args {
+        runs: 7,
+        workspaces: 1000,
+        keys: 10,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = |name: &str| -> i64 {
@@ -50,7 +54,10 @@ fn parse_args() -> Args {
             other => panic!("unknown argument {other:?}"),
         }
     }
-    assert!(a.runs >= 1 && a.workspaces >= 1 && a.keys >= 2, "bad arguments");
+    assert!(
+        a.runs >= 1 && a.workspaces >= 1 && a.keys >= 2,
+        "bad arguments"
+    );
     a
 }
 
@@ -60,7 +67,11 @@ fn ms(d: Duration) -> f64 {
 
 fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let median = if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
+    let median = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
     (median, v[0], v[v.len() - 1])
 }
 
@@ -149,7 +160,9 @@ fn setup(c: &Cluster, db: &mut Client, a: &Args) {
 fn timed_delete(db: &mut Client, table: &str, check_revoked: bool) -> Duration {
     let mut tx = db.transaction().unwrap();
     let t = Instant::now();
-    let n = tx.execute(format!("DELETE FROM {table}").as_str(), &[]).unwrap();
+    let n = tx
+        .execute(format!("DELETE FROM {table}").as_str(), &[])
+        .unwrap();
     let d = t.elapsed();
     assert!(n > 0);
     if check_revoked {
@@ -163,7 +176,11 @@ fn timed_delete(db: &mut Client, table: &str, check_revoked: bool) -> Duration {
             )
             .unwrap();
         let (live, sealed, jobs): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-        assert_eq!((live, sealed, jobs), (0, 0, 0), "{table}: every key revoked, erased, jobs cancelled");
+        assert_eq!(
+            (live, sealed, jobs),
+            (0, 0, 0),
+            "{table}: every key revoked, erased, jobs cancelled"
+        );
     }
     tx.rollback().unwrap();
     d
@@ -182,8 +199,16 @@ fn main() {
 
     let variants = [
         ("app.workspaces_plain", "no trigger (baseline)", false),
-        ("app.workspaces", "pg_byok attach_workspaces (statement-level)", true),
-        ("app.workspaces_rowtrig", "naive FOR EACH ROW -> byok.revoke_workspace", true),
+        (
+            "app.workspaces",
+            "pg_byok attach_workspaces (statement-level)",
+            true,
+        ),
+        (
+            "app.workspaces_rowtrig",
+            "naive FOR EACH ROW -> byok.revoke_workspace",
+            true,
+        ),
     ];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     // One warm-up round, not counted.
@@ -197,7 +222,14 @@ fn main() {
             times[i].push(ms(d));
             db.batch_execute("VACUUM byok.keys, byok.jobs, byok.audit_log, app.workspaces, app.workspaces_plain, app.workspaces_rowtrig").unwrap();
         }
-        eprintln!("run {}: {:?}", run + 1, times.iter().map(|t| format!("{:.1}", t[run])).collect::<Vec<_>>());
+        eprintln!(
+            "run {}: {:?}",
+            run + 1,
+            times
+                .iter()
+                .map(|t| format!("{:.1}", t[run]))
+                .collect::<Vec<_>>()
+        );
     }
 
     // Finally one committed DELETE through the attached table (statement + COMMIT).
@@ -211,7 +243,13 @@ fn main() {
         .unwrap()
         .get(0);
     assert_eq!(live, 0, "committed DELETE revoked every key");
-    let audit: i64 = db.query_one("SELECT count(*) FROM byok.audit_log WHERE action = 'revoke'", &[]).unwrap().get(0);
+    let audit: i64 = db
+        .query_one(
+            "SELECT count(*) FROM byok.audit_log WHERE action = 'revoke'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
 
     println!(
         "workspace_delete: {} workspaces x {} keys = {} keys ({} active, {} pending with queued jobs); {} runs, median (min-max) ms",

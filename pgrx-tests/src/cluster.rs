@@ -223,7 +223,8 @@ impl Cluster {
     /// Start a fresh cluster per `opts`; panics with the reason and the
     /// server log tail if any step fails (the directory is cleaned up).
     pub fn start(opts: ClusterOptions) -> Cluster {
-        let base = std::env::var_os("BYOK_CLUSTER_TMPDIR").unwrap_or_else(|| OsString::from("/tmp"));
+        let base =
+            std::env::var_os("BYOK_CLUSTER_TMPDIR").unwrap_or_else(|| OsString::from("/tmp"));
         let tmp = tempfile::Builder::new()
             .prefix("byok-pg-")
             .tempdir_in(&base)
@@ -255,7 +256,10 @@ impl Cluster {
             "# --- pg_byok test harness ---".to_string(),
             "listen_addresses = '127.0.0.1'".to_string(),
             format!("port = {}", c.port),
-            format!("unix_socket_directories = {}", quote_conf(&c.dir.to_string_lossy())),
+            format!(
+                "unix_socket_directories = {}",
+                quote_conf(&c.dir.to_string_lossy())
+            ),
             "fsync = off".to_string(),
             "max_connections = 60".to_string(),
             "log_line_prefix = '%m [%p] %q%u@%d '".to_string(),
@@ -604,7 +608,9 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.force_stop();
-        let keep = std::env::var("BYOK_KEEP_CLUSTER").map(|v| v == "1").unwrap_or(false);
+        let keep = std::env::var("BYOK_KEEP_CLUSTER")
+            .map(|v| v == "1")
+            .unwrap_or(false);
         if let Some(tmp) = self.tmp.take() {
             if keep {
                 let path = tmp.keep();
@@ -647,7 +653,10 @@ mod tests {
         let mut c = Command::new("/bin/true");
         c.arg("x").env("BYOK_MASTER_KEY", "k").env_remove("FOO");
         let w = Cluster::as_postgres(&c);
-        let args: Vec<String> = w.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args: Vec<String> = w
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         if is_root() {
             assert_eq!(w.get_program(), "runuser");
             assert!(args.contains(&"BYOK_MASTER_KEY=k".to_string()));

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 /// Files that vanish while walking (Postgres temp files) are skipped; any
 /// other I/O error panics, so a leak check never passes by not looking.
 pub fn grep_dir(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    assert!(!needle.is_empty(), "grep_dir: empty needle matches everything");
+    assert!(
+        !needle.is_empty(),
+        "grep_dir: empty needle matches everything"
+    );
     let mut hits = Vec::new();
     walk(dir, needle, 0, &mut hits);
     hits.sort();
@@ -16,7 +19,11 @@ pub fn grep_dir(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 }
 
 fn walk(dir: &Path, needle: &[u8], depth: usize, hits: &mut Vec<PathBuf>) {
-    assert!(depth < 32, "grep_dir: directory nesting too deep at {}", dir.display());
+    assert!(
+        depth < 32,
+        "grep_dir: directory nesting too deep at {}",
+        dir.display()
+    );
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
@@ -102,7 +109,12 @@ mod tests {
         let hits = grep_dir(d.path(), b"secret-KEY");
         let rel: Vec<_> = hits
             .iter()
-            .map(|p| p.strip_prefix(d.path()).unwrap().to_string_lossy().into_owned())
+            .map(|p| {
+                p.strip_prefix(d.path())
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         assert_eq!(rel, vec!["a/b/deep", "link/deep", "top.bin"]);
         assert!(grep_dir(d.path(), b"absent").is_empty());

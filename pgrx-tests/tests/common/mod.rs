@@ -84,13 +84,17 @@ pub fn add_key_default_label(
     vendor: &str,
     api_key: &str,
 ) -> Result<KeyInfo, postgres::Error> {
-    let sql =
-        format!("SELECT {KEY_INFO} FROM byok.add_key(workspace_id => $1, vendor => $2, api_key => $3)");
+    let sql = format!(
+        "SELECT {KEY_INFO} FROM byok.add_key(workspace_id => $1, vendor => $2, api_key => $3)"
+    );
     db.query_one(sql.as_str(), &[&workspace_id, &vendor, &api_key])
         .map(|r| KeyInfo::from_row(&r))
 }
 
-pub fn list_keys(db: &mut impl GenericClient, workspace_id: Uuid) -> Result<Vec<KeyInfo>, postgres::Error> {
+pub fn list_keys(
+    db: &mut impl GenericClient,
+    workspace_id: Uuid,
+) -> Result<Vec<KeyInfo>, postgres::Error> {
     let sql = format!("SELECT {KEY_INFO} FROM byok.list_keys(workspace_id => $1)");
     db.query(sql.as_str(), &[&workspace_id])
         .map(|rows| rows.iter().map(KeyInfo::from_row).collect())
@@ -104,7 +108,11 @@ pub fn key_by_id(db: &mut impl GenericClient, workspace_id: Uuid, id: Uuid) -> K
         .unwrap_or_else(|| panic!("key {id} not in list_keys({workspace_id})"))
 }
 
-pub fn revoke_key(db: &mut impl GenericClient, key_id: Uuid, reason: Option<&str>) -> Result<KeyInfo, postgres::Error> {
+pub fn revoke_key(
+    db: &mut impl GenericClient,
+    key_id: Uuid,
+    reason: Option<&str>,
+) -> Result<KeyInfo, postgres::Error> {
     let r = match reason {
         Some(reason) => db.query_one(
             format!("SELECT {KEY_INFO} FROM byok.revoke_key(key_id => $1, reason => $2)").as_str(),
@@ -118,18 +126,31 @@ pub fn revoke_key(db: &mut impl GenericClient, key_id: Uuid, reason: Option<&str
     r.map(|r| KeyInfo::from_row(&r))
 }
 
-pub fn revoke_workspace(db: &mut impl GenericClient, workspace_id: Uuid, reason: Option<&str>) -> Result<i32, postgres::Error> {
+pub fn revoke_workspace(
+    db: &mut impl GenericClient,
+    workspace_id: Uuid,
+    reason: Option<&str>,
+) -> Result<i32, postgres::Error> {
     match reason {
         Some(reason) => db
-            .query_one("SELECT byok.revoke_workspace(workspace_id => $1, reason => $2)", &[&workspace_id, &reason])
+            .query_one(
+                "SELECT byok.revoke_workspace(workspace_id => $1, reason => $2)",
+                &[&workspace_id, &reason],
+            )
             .map(|r| r.get(0)),
         None => db
-            .query_one("SELECT byok.revoke_workspace(workspace_id => $1)", &[&workspace_id])
+            .query_one(
+                "SELECT byok.revoke_workspace(workspace_id => $1)",
+                &[&workspace_id],
+            )
             .map(|r| r.get(0)),
     }
 }
 
-pub fn revalidate_key(db: &mut impl GenericClient, key_id: Uuid) -> Result<KeyInfo, postgres::Error> {
+pub fn revalidate_key(
+    db: &mut impl GenericClient,
+    key_id: Uuid,
+) -> Result<KeyInfo, postgres::Error> {
     db.query_one(
         format!("SELECT {KEY_INFO} FROM byok.revalidate_key(key_id => $1)").as_str(),
         &[&key_id],
@@ -137,9 +158,16 @@ pub fn revalidate_key(db: &mut impl GenericClient, key_id: Uuid) -> Result<KeyIn
     .map(|r| KeyInfo::from_row(&r))
 }
 
-pub fn use_key(db: &mut impl GenericClient, workspace_id: Uuid, vendor: &str) -> Result<String, postgres::Error> {
-    db.query_one("SELECT byok.use_key(workspace_id => $1, vendor => $2)", &[&workspace_id, &vendor])
-        .map(|r| r.get(0))
+pub fn use_key(
+    db: &mut impl GenericClient,
+    workspace_id: Uuid,
+    vendor: &str,
+) -> Result<String, postgres::Error> {
+    db.query_one(
+        "SELECT byok.use_key(workspace_id => $1, vendor => $2)",
+        &[&workspace_id, &vendor],
+    )
+    .map(|r| r.get(0))
 }
 
 pub fn claim_jobs(
@@ -179,7 +207,14 @@ pub fn finish_job(
     db.query_one(
         "SELECT byok.finish_job(job_id => $1, lease_token => $2, outcome => $3, detail => $4, \
                                 http_status => $5, retry_after_seconds => $6)",
-        &[&job_id, &lease_token, &outcome, &detail, &http_status, &retry_after_seconds],
+        &[
+            &job_id,
+            &lease_token,
+            &outcome,
+            &detail,
+            &http_status,
+            &retry_after_seconds,
+        ],
     )
     .map(|r| r.get(0))
 }
@@ -194,7 +229,8 @@ pub fn finish_all(db: &mut impl GenericClient, outcome: &str) -> Vec<(Claim, Str
             return done;
         }
         for c in batch {
-            let st = finish_job(db, c.job_id, c.lease_token, outcome, None, Some(200), None).expect("finish_job");
+            let st = finish_job(db, c.job_id, c.lease_token, outcome, None, Some(200), None)
+                .expect("finish_job");
             done.push((c, st));
         }
     }
@@ -230,12 +266,21 @@ pub fn error_text(e: &postgres::Error) -> String {
 
 /// Assert that `r` failed with SQLSTATE `code`; `what` names the check.
 #[track_caller]
-pub fn expect_state<T: Debug>(r: Result<T, postgres::Error>, code: &str, what: &str) -> postgres::Error {
+pub fn expect_state<T: Debug>(
+    r: Result<T, postgres::Error>,
+    code: &str,
+    what: &str,
+) -> postgres::Error {
     match r {
         Ok(v) => panic!("{what}: expected SQLSTATE {code}, but it succeeded with {v:?}"),
         Err(e) => {
             let got = sqlstate(&e);
-            assert_eq!(got, code, "{what}: expected SQLSTATE {code}, got {got}: {}", error_text(&e));
+            assert_eq!(
+                got,
+                code,
+                "{what}: expected SQLSTATE {code}, got {got}: {}",
+                error_text(&e)
+            );
             e
         }
     }
@@ -252,11 +297,18 @@ pub fn ciphertext(db: &mut impl GenericClient, key_id: Uuid) -> Option<Vec<u8>> 
 /// prefix): none of them may appear anywhere a key must not be.
 pub fn key_fragments(key: &str, len: usize) -> Vec<String> {
     // Fixed prefixes are not key material (the error may well say "admin key").
-    let prefix = ["sk-ant-api03-", "sk-ant-admin01-", "sk-proj-", "sk-svcacct-", "sk-admin-", "sk-"]
-        .iter()
-        .find(|p| key.starts_with(**p))
-        .map(|p| p.len())
-        .unwrap_or(0);
+    let prefix = [
+        "sk-ant-api03-",
+        "sk-ant-admin01-",
+        "sk-proj-",
+        "sk-svcacct-",
+        "sk-admin-",
+        "sk-",
+    ]
+    .iter()
+    .find(|p| key.starts_with(**p))
+    .map(|p| p.len())
+    .unwrap_or(0);
     let body = &key[prefix..];
     (0..=body.len().saturating_sub(len))
         .map(|i| body[i..i + len].to_string())
