@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod error;
+mod log_hook;
 mod master_key;
 mod queue;
 mod schema;
@@ -27,6 +28,7 @@ mod tests_support;
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
+    log_hook::install();
     // SAFETY: a plain read of a Postgres global, on the only thread, during
     // library load.
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
