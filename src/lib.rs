@@ -50,10 +50,18 @@ pub mod pg_test {
         let path = std::path::Path::new(KEYRING);
         if !path.exists() {
             let key = byok_core::keyring::generate_hex_key();
-            std::fs::write(path, format!("# pg_byok test keyring\n1 {}\n", key.as_str())).unwrap();
+            std::fs::write(
+                path,
+                format!("# pg_byok test keyring\n1 {}\n", key.as_str()),
+            )
+            .unwrap();
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
             if let Ok(user) = std::env::var("CARGO_PGRX_TEST_RUNAS") {
-                let status = std::process::Command::new("chown").arg(&user).arg(path).status().unwrap();
+                let status = std::process::Command::new("chown")
+                    .arg(&user)
+                    .arg(path)
+                    .status()
+                    .unwrap();
                 assert!(status.success(), "chown {user} {KEYRING} failed");
             }
         }
