@@ -63,7 +63,10 @@ BEGIN
                        member_functions);
         EXECUTE format('GRANT SELECT %s ON byok.keys TO service_role', key_columns);
         GRANT SELECT ON byok.audit_log, byok.vendor_status TO service_role;
+        -- Supabase creates service_role NOINHERIT: membership alone would not
+        -- carry byok_consumer's EXECUTE, so use_key is granted directly too.
         GRANT byok_consumer TO service_role;
+        GRANT EXECUTE ON FUNCTION byok.use_key(uuid, text) TO service_role;
         granted := granted || 'service_role'::text;
     END IF;
     RETURN granted;

@@ -46,13 +46,15 @@ BEGIN
 END
 $$;
 
+-- Membership (not inherited privilege): Supabase's roles are NOINHERIT, and
+-- service_role is made a member of byok_consumer.
 CREATE FUNCTION byok._caller_has_role(role_name text) RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     caller text := byok._caller();
 BEGIN
     RETURN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = caller AND rolsuper)
-        OR pg_has_role(caller, role_name, 'USAGE');
+        OR pg_has_role(caller, role_name, 'MEMBER');
 END
 $$;
 

@@ -59,6 +59,9 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'lease_seconds must be between 5 and 3600',
             HINT = 'Use a lease a little longer than the vendor request timeout.';
     END IF;
+    -- No keyring at all is the operator's problem and fails the call (55000);
+    -- a key needing an absent version only defers that key (below).
+    PERFORM byok.master_key_status();
     PERFORM byok._give_up_exhausted(limit_attempts);
     FOR r IN
         WITH picked AS (
@@ -92,6 +95,14 @@ BEGIN
             DELETE FROM byok.jobs WHERE id = r.id;
             PERFORM byok._audit('validate', r.key_id, k.workspace_id, k.vendor, 'tampered', NULL);
             RAISE WARNING 'pg_byok: key % failed authentication and was retired', r.key_id;
+        WHEN object_not_in_prerequisite_state THEN
+            -- The master key version this key needs is absent or different:
+            -- keep the key, hand the job back without spending the attempt,
+            -- and let the rest of the queue flow.
+            UPDATE byok.jobs SET attempts = greatest(attempts - 1, 0), lease_token = NULL, leased_by = NULL,
+                   run_after = clock_timestamp() + interval '5 minutes', last_error = left(SQLERRM, 500)
+             WHERE id = r.id;
+            RAISE WARNING 'pg_byok: key % cannot be decrypted with this keyring: %', r.key_id, SQLERRM;
         END;
     END LOOP;
 END
@@ -157,6 +168,9 @@ BEGIN
     DELETE FROM byok.jobs WHERE id = j.id;
 
     IF verdict = 'valid' THEN
+        -- Two keys of one (workspace, vendor) validated at the same moment
+        -- must not both find "no active key": serialise their activation.
+        PERFORM pg_advisory_xact_lock(hashtextextended('byok.activate:' || k.workspace_id || ':' || k.vendor, 0));
         SELECT * INTO current_active FROM byok.keys
          WHERE workspace_id = k.workspace_id AND vendor = k.vendor AND status = 'active' AND id <> k.id
          FOR UPDATE;
