@@ -32,7 +32,7 @@ fn vendor_outage_opens_then_closes_the_breaker_without_burning_keys() {
     }
     let sc = env.sidecar(
         "breaker",
-        &[("--breaker-workspaces", "3"), ("--breaker-window", "30"), ("--breaker-open", "3"), ("--request-timeout", "2")],
+        &[("--breaker-workspaces", "3"), ("--breaker-window", "30"), ("--breaker-open", "3"), ("--request-timeout", "2"), ("--queue-depth-interval", "0.5")],
     );
     wait_until("the anthropic breaker opens", Duration::from_secs(20), || vendor_state(&env, "anthropic").as_deref() == Some("open"));
     assert_eq!(sc.metric("byok_sidecar_breaker_state{vendor=\"anthropic\"}"), 2.0);
@@ -44,7 +44,9 @@ fn vendor_outage_opens_then_closes_the_breaker_without_burning_keys() {
     // Throughout the outage: nothing invalid or given up, and attempts are
     // not spent while the breaker is open (3 allowed; without the breaker
     // the retries would exhaust them within the outage).
+    let mut most_waiting = 0.0f64;
     while Instant::now() < outage_ends {
+        most_waiting = most_waiting.max(sc.metric("byok_sidecar_queue_depth{vendor=\"anthropic\",state=\"waiting\"}"));
         let bad: i64 = db
             .query_one("SELECT count(*) FROM byok.keys WHERE id = ANY($1) AND status <> 'pending'", &[&anthropic])
             .unwrap()
@@ -54,6 +56,7 @@ fn vendor_outage_opens_then_closes_the_breaker_without_burning_keys() {
         assert!(max_attempts.unwrap_or(0) <= 2, "attempts burned during the outage: {max_attempts:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    assert!(most_waiting >= 1.0, "deferred jobs never showed in the queue-depth gauge");
     wait_until("the anthropic breaker closes", Duration::from_secs(30), || vendor_state(&env, "anthropic").as_deref() == Some("closed"));
     wait_settled(&mut db, &anthropic, Duration::from_secs(60));
     for id in anthropic.iter().chain(&openai) {
