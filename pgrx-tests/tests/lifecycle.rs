@@ -631,6 +631,37 @@ fn other_master_key_or_missing_version_gives_55000_and_listing_still_works() {
         "the error names the missing version 90817: {}",
         error_text(&e)
     );
+    // A queued key needing the absent version does not block the queue: the
+    // claim succeeds without it, its attempt is not spent, it stays pending.
+    let attempts_before = count(
+        &mut c.client(),
+        &format!(
+            "SELECT attempts::bigint FROM byok.jobs WHERE key_id = '{}'",
+            pending.id
+        ),
+    );
+    let claimed = claim_jobs(&mut c.client_as("sidecar"), "sidecar-1", 16, 60)
+        .unwrap_or_else(|e| c.fail("claim_jobs with a version missing", &e));
+    assert!(
+        claimed.is_empty(),
+        "the undecryptable job is not handed out: {claimed:?}"
+    );
+    assert_eq!(
+        count(
+            &mut c.client(),
+            &format!(
+                "SELECT attempts::bigint FROM byok.jobs WHERE key_id = '{}' AND run_after > now()",
+                pending.id
+            )
+        ),
+        attempts_before,
+        "the job is deferred with its attempt count unchanged"
+    );
+    assert_eq!(key_by_id(&mut c.client(), ws, pending.id).status, "pending");
+    c.client()
+        .execute("UPDATE byok.jobs SET run_after = now()", &[])
+        .unwrap();
+
     // Both versions present: old keys decrypt again; new keys are sealed
     // under the highest version (the primary) and decrypt too.
     c.set_keyring(&format!("90817 {v1_hex}\n{}", c.keyring_text()));
