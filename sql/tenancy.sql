@@ -117,31 +117,17 @@ END
 $$;
 COMMENT ON FUNCTION byok.detach_members() IS 'Forget the membership rule: only superuser/service_role are authorized';
 
--- Trigger: rows deleted from an attached workspace table. TG_ARGV[0] is the
--- id column. Statement-level with a transition table: one pass per DELETE.
-CREATE FUNCTION byok._on_workspace_delete() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    ids uuid[];
-BEGIN
-    EXECUTE format('SELECT array_agg(DISTINCT byok._as_uuid(%I::text)) FROM byok_old_rows', TG_ARGV[0])
-       INTO ids;
-    IF ids IS NOT NULL THEN
-        PERFORM byok._revoke(NULL, ids, 'workspace deleted', 'workspace_deleted');
-    END IF;
-    RETURN NULL;
-END
-$$;
-
--- Trigger: TRUNCATE of an attached workspace table revokes every key of the
--- workspaces it held (TRUNCATE fires no DELETE trigger).
-CREATE FUNCTION byok._on_workspace_truncate() RETURNS trigger
+-- Trigger: workspaces removed from an attached table, by DELETE (AFTER,
+-- statement-level, reading the transition table: one pass per statement) or
+-- by TRUNCATE (BEFORE, reading the table itself: TRUNCATE fires no DELETE
+-- trigger). TG_ARGV[0] is the id column.
+CREATE FUNCTION byok._on_workspace_removed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ids uuid[];
 BEGIN
     EXECUTE format('SELECT array_agg(DISTINCT byok._as_uuid(%I::text)) FROM %s', TG_ARGV[0],
-                   TG_RELID::regclass)
+                   CASE WHEN TG_OP = 'TRUNCATE' THEN TG_RELID::regclass::text ELSE 'byok_old_rows' END)
        INTO ids;
     IF ids IS NOT NULL THEN
         PERFORM byok._revoke(NULL, ids, 'workspace deleted', 'workspace_deleted');
@@ -192,10 +178,10 @@ BEGIN
     PERFORM byok._drop_workspace_triggers(attach_workspaces.workspace_table);
     EXECUTE format('CREATE TRIGGER byok_revoke_on_delete AFTER DELETE ON %s
                     REFERENCING OLD TABLE AS byok_old_rows
-                    FOR EACH STATEMENT EXECUTE FUNCTION byok._on_workspace_delete(%L)',
+                    FOR EACH STATEMENT EXECUTE FUNCTION byok._on_workspace_removed(%L)',
                    attach_workspaces.workspace_table, attach_workspaces.id_column);
     EXECUTE format('CREATE TRIGGER byok_revoke_on_truncate BEFORE TRUNCATE ON %s
-                    FOR EACH STATEMENT EXECUTE FUNCTION byok._on_workspace_truncate(%L)',
+                    FOR EACH STATEMENT EXECUTE FUNCTION byok._on_workspace_removed(%L)',
                    attach_workspaces.workspace_table, attach_workspaces.id_column);
     IF attach_workspaces.status_column IS NOT NULL THEN
         -- Transition tables cannot be combined with UPDATE OF <column>, so the

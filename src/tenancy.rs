@@ -131,4 +131,13 @@ mod tests {
         Spi::run("SELECT byok.detach_members()").unwrap();
         assert_eq!(count("member_source"), 0);
     }
+
+    #[pg_test]
+    fn truncating_the_workspace_table_revokes_its_workspaces_keys() {
+        app_schema();
+        Spi::run("SELECT byok.attach_workspaces('app.orgs', 'org_uuid')").unwrap();
+        add("anthropic", &anthropic_key('g'));
+        Spi::run("TRUNCATE app.orgs").unwrap();
+        assert_eq!(live_keys(WS), 0);
+    }
 }
