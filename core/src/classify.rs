@@ -23,10 +23,10 @@
 //! [`crate::redact::redact`] (an error body may echo the key) and bounded.
 
 mod json;
+mod vendor_error;
 
-use crate::redact::redact;
 use crate::vendor::Vendor;
-use json::Json;
+use vendor_error::VendorError;
 
 /// What the worker should tell `byok.finish_job`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,12 +78,20 @@ pub enum TransportError {
 }
 
 /// Longest piece of vendor text quoted in a detail.
-const MAX_QUOTED_CHARS: usize = 300;
+pub(crate) const MAX_QUOTED_CHARS: usize = 300;
 
 /// Classifies an HTTP answer. `headers` are (name, value) pairs; names are
 /// matched case-insensitively. `body` is the response body as text.
-pub fn classify_response(vendor: Vendor, status: u16, headers: &[(&str, &str)], body: &str) -> Verdict {
-    let err = VendorError::parse(body, header(headers, "request-id").or(header(headers, "x-request-id")));
+pub fn classify_response(
+    vendor: Vendor,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Verdict {
+    let err = VendorError::parse(
+        body,
+        header(headers, "request-id").or(header(headers, "x-request-id")),
+    );
     let name = vendor.display_name();
     let retry_after = retry_after_seconds(headers);
     let verdict = |outcome, detail: String| Verdict {
@@ -198,7 +206,10 @@ fn unauthorized_detail(vendor: Vendor, err: &VendorError) -> String {
 fn forbidden_detail(vendor: Vendor, err: &VendorError) -> String {
     let name = vendor.display_name();
     let quote = err.quote(403);
-    if err.is("unsupported_country_region_territory") || err.message_has("country") || err.message_has("region") {
+    if err.is("unsupported_country_region_territory")
+        || err.message_has("country")
+        || err.message_has("region")
+    {
         return format!(
             "{name} refused the key{quote}: requests from this country, region or territory are not \
              supported; the key is real but cannot be used from here."
@@ -210,85 +221,23 @@ fn forbidden_detail(vendor: Vendor, err: &VendorError) -> String {
     )
 }
 
-/// The structured parts of a vendor error body, whichever vendor's shape.
-struct VendorError {
-    kind: Option<String>,
-    code: Option<String>,
-    message: Option<String>,
-    request_id: Option<String>,
-}
-
-impl VendorError {
-    /// Anthropic: `{"type":"error","error":{"type","message"},"request_id"}`;
-    /// OpenAI: `{"error":{"message","type","param","code"}}`. Unparseable
-    /// bodies yield no fields; a short plain-text body is kept as the message.
-    fn parse(body: &str, request_id_header: Option<&str>) -> VendorError {
-        let doc = Json::parse(body);
-        let error = doc.as_ref().and_then(|d| d.get("error"));
-        let field = |k: &str| error.and_then(|e| e.get(k)).and_then(Json::as_str).map(str::to_owned);
-        let message = match (&doc, field("message")) {
-            (_, Some(m)) => Some(m),
-            (None, None) if !body.trim().is_empty() && body.len() <= 2 * MAX_QUOTED_CHARS => {
-                Some(body.trim().to_owned())
-            }
-            _ => None,
-        };
-        let request_id = request_id_header
-            .map(str::to_owned)
-            .or_else(|| doc.as_ref().and_then(|d| d.get("request_id")).and_then(Json::as_str).map(str::to_owned));
-        VendorError { kind: field("type"), code: field("code"), message, request_id }
-    }
-
-    /// Whether `error.type` or `error.code` equals `name`.
-    fn is(&self, name: &str) -> bool {
-        self.kind.as_deref() == Some(name) || self.code.as_deref() == Some(name)
-    }
-
-    fn message_has(&self, needle: &str) -> bool {
-        self.message.as_deref().is_some_and(|m| m.to_ascii_lowercase().contains(needle))
-    }
-
-    /// ` (HTTP 401 authentication_error: "invalid x-api-key", request req_1)`,
-    /// redacted and bounded.
-    fn quote(&self, status: u16) -> String {
-        let mut out = format!(" (HTTP {status}");
-        if let Some(kind) = self.code.as_deref().or(self.kind.as_deref()) {
-            out.push(' ');
-            out.push_str(&bounded(kind, 60));
-        }
-        if let Some(message) = &self.message {
-            out.push_str(": \"");
-            out.push_str(&bounded(message, MAX_QUOTED_CHARS));
-            out.push('"');
-        }
-        if let Some(id) = &self.request_id {
-            out.push_str(", request ");
-            out.push_str(&bounded(id, 80));
-        }
-        out.push(')');
-        out
-    }
-}
-
-/// Redacted (before truncating, so a cut can't hide a key from the
-/// redactor), control characters flattened, at most `max` characters.
-fn bounded(text: &str, max: usize) -> String {
-    let clean: String = redact(text).chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    match clean.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &clean[..cut]),
-        None => clean,
-    }
-}
-
-fn header<'a>(headers: &[(&str, &'a str)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
+pub(crate) fn header<'a>(headers: &[(&str, &'a str)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| *v)
 }
 
 /// `retry-after-ms` (OpenAI) wins over `retry-after` (seconds, possibly
 /// fractional). HTTP-date values are ignored: the queue's own backoff then
 /// applies, which is a safe default. Capped at the core backoff's limit.
 fn retry_after_seconds(headers: &[(&str, &str)]) -> Option<u32> {
-    let parse = |v: &str| v.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0);
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+    };
     let seconds = header(headers, "retry-after-ms")
         .and_then(parse)
         .map(|ms| ms / 1000.0)

@@ -57,7 +57,9 @@ pub enum Admit {
 /// A state change the worker reports to SQL and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
-    Opened { workspaces: usize },
+    Opened {
+        workspaces: usize,
+    },
     /// The half-open trial met vendor trouble again.
     Reopened,
     HalfOpened,
@@ -94,7 +96,13 @@ const TRIAL_WAIT: Duration = Duration::from_secs(5);
 
 impl Breaker {
     pub fn new(settings: Settings) -> Breaker {
-        Breaker { settings: Settings { workspaces: settings.workspaces.max(1), ..settings }, inner: closed() }
+        Breaker {
+            settings: Settings {
+                workspaces: settings.workspaces.max(1),
+                ..settings
+            },
+            inner: closed(),
+        }
     }
 
     pub fn state(&self) -> State {
@@ -112,7 +120,9 @@ impl Breaker {
             Inner::Closed { .. } => (Admit::Probe, None),
             Inner::Open { until } if now < *until => (Admit::Defer(*until - now), None),
             Inner::Open { .. } => {
-                self.inner = Inner::HalfOpen { trial_since: Some(now) };
+                self.inner = Inner::HalfOpen {
+                    trial_since: Some(now),
+                };
                 (Admit::Trial, Some(Transition::HalfOpened))
             }
             Inner::HalfOpen { trial_since } => match *trial_since {
@@ -131,7 +141,13 @@ impl Breaker {
 
     /// Records a probe's result. `vendor_fault` is the verdict's flag;
     /// `trial` says whether [`Breaker::admit`] returned `Trial` for it.
-    pub fn record(&mut self, now: Instant, workspace: Uuid, vendor_fault: bool, trial: bool) -> Option<Transition> {
+    pub fn record(
+        &mut self,
+        now: Instant,
+        workspace: Uuid,
+        vendor_fault: bool,
+        trial: bool,
+    ) -> Option<Transition> {
         let open_for = self.settings.open_for;
         match &mut self.inner {
             Inner::HalfOpen { .. } if trial && !vendor_fault => {
@@ -139,18 +155,31 @@ impl Breaker {
                 Some(Transition::Closed)
             }
             Inner::HalfOpen { .. } if trial => {
-                self.inner = Inner::Open { until: now + open_for };
+                self.inner = Inner::Open {
+                    until: now + open_for,
+                };
                 Some(Transition::Reopened)
             }
             Inner::Closed { failures } if vendor_fault => {
                 failures.push_back((now, workspace));
-                while failures.front().is_some_and(|(t, _)| now.duration_since(*t) > self.settings.window) {
+                while failures
+                    .front()
+                    .is_some_and(|(t, _)| now.duration_since(*t) > self.settings.window)
+                {
                     failures.pop_front();
                 }
-                let distinct = failures.iter().map(|(_, w)| w).collect::<HashSet<_>>().len();
+                let distinct = failures
+                    .iter()
+                    .map(|(_, w)| w)
+                    .collect::<HashSet<_>>()
+                    .len();
                 (distinct >= self.settings.workspaces).then(|| {
-                    self.inner = Inner::Open { until: now + open_for };
-                    Transition::Opened { workspaces: distinct }
+                    self.inner = Inner::Open {
+                        until: now + open_for,
+                    };
+                    Transition::Opened {
+                        workspaces: distinct,
+                    }
                 })
             }
             // Successes while closed, and late results while open or during
@@ -169,7 +198,9 @@ impl Breaker {
 }
 
 fn closed() -> Inner {
-    Inner::Closed { failures: VecDeque::new() }
+    Inner::Closed {
+        failures: VecDeque::new(),
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// (byok.finish_job). Any number of sidecars may share one database.
 // No `Debug`: the database URL may carry a password.
 #[derive(Parser)]
-#[command(name = "byok-sidecar", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    name = "byok-sidecar",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -54,21 +59,39 @@ pub struct RunArgs {
     pub database_url: Option<String>,
 
     /// Base URL of the Anthropic API (point it at the mock vendor for tests and demos).
-    #[arg(long, env = "ANTHROPIC_BASE_URL", default_value = "https://api.anthropic.com")]
+    #[arg(
+        long,
+        env = "ANTHROPIC_BASE_URL",
+        default_value = "https://api.anthropic.com"
+    )]
     pub anthropic_base_url: String,
 
     /// Base URL of the OpenAI API.
-    #[arg(long, env = "OPENAI_BASE_URL", default_value = "https://api.openai.com")]
+    #[arg(
+        long,
+        env = "OPENAI_BASE_URL",
+        default_value = "https://api.openai.com"
+    )]
     pub openai_base_url: String,
 
     /// How Anthropic keys are checked: `models` (GET /v1/models, free) or `completion`
     /// (POST /v1/messages with max_tokens 1; the only check that proves the key can bill).
-    #[arg(long, env = "BYOK_ANTHROPIC_PROBE", value_enum, default_value = "completion")]
+    #[arg(
+        long,
+        env = "BYOK_ANTHROPIC_PROBE",
+        value_enum,
+        default_value = "completion"
+    )]
     pub anthropic_probe: Probe,
 
     /// How OpenAI keys are checked: `models` (GET /v1/models) or `completion`
     /// (POST /v1/chat/completions with max_tokens 1; also catches restricted keys).
-    #[arg(long, env = "BYOK_OPENAI_PROBE", value_enum, default_value = "completion")]
+    #[arg(
+        long,
+        env = "BYOK_OPENAI_PROBE",
+        value_enum,
+        default_value = "completion"
+    )]
     pub openai_probe: Probe,
 
     /// Model for the Anthropic one-token check (models get retired: keep it current).
@@ -167,18 +190,29 @@ pub enum ConfigError {
 
 fn seconds(name: &'static str, value: f64, allow_zero: bool) -> Result<Duration, ConfigError> {
     let ok = value.is_finite() && value < 86_400.0 && (value > 0.0 || (allow_zero && value == 0.0));
-    ok.then(|| Duration::from_secs_f64(value)).ok_or(ConfigError::BadSeconds(name))
+    ok.then(|| Duration::from_secs_f64(value))
+        .ok_or(ConfigError::BadSeconds(name))
 }
 
 impl Config {
     /// Checks the arguments and fills in defaults that need the environment.
     pub fn from_args(args: RunArgs) -> Result<Config, ConfigError> {
-        let database_url = args.database_url.clone().filter(|u| !u.trim().is_empty()).ok_or(ConfigError::MissingDatabaseUrl)?;
+        let database_url = args
+            .database_url
+            .clone()
+            .filter(|u| !u.trim().is_empty())
+            .ok_or(ConfigError::MissingDatabaseUrl)?;
         let request_timeout = seconds("--request-timeout", args.request_timeout, false)?;
         if f64::from(args.lease_seconds) < args.request_timeout + 5.0 {
-            return Err(ConfigError::LeaseTooShort { lease: args.lease_seconds, timeout: args.request_timeout });
+            return Err(ConfigError::LeaseTooShort {
+                lease: args.lease_seconds,
+                timeout: args.request_timeout,
+            });
         }
-        for (name, url) in [("anthropic-base-url", &args.anthropic_base_url), ("openai-base-url", &args.openai_base_url)] {
+        for (name, url) in [
+            ("anthropic-base-url", &args.anthropic_base_url),
+            ("openai-base-url", &args.openai_base_url),
+        ] {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::BadUrl(name));
             }
@@ -190,7 +224,11 @@ impl Config {
         let queue_depth = seconds("--queue-depth-interval", args.queue_depth_interval, true)?;
         Ok(Config {
             database_url,
-            worker: args.worker_name.clone().filter(|w| !w.trim().is_empty()).unwrap_or_else(default_worker_name),
+            worker: args
+                .worker_name
+                .clone()
+                .filter(|w| !w.trim().is_empty())
+                .unwrap_or_else(default_worker_name),
             poll_interval: seconds("--poll-interval", args.poll_interval, false)?,
             grace_period: seconds("--grace-period", args.grace_period, true)?,
             breaker_window: seconds("--breaker-window", args.breaker_window, false)?,
@@ -211,7 +249,11 @@ fn default_worker_name() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "byok-sidecar".to_owned());
-    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
 }
 
 #[cfg(test)]

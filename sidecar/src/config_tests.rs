@@ -3,7 +3,11 @@ use clap::Parser;
 use super::*;
 
 fn parse(args: &[&str]) -> Result<Config, String> {
-    let mut argv = vec!["byok-sidecar", "--database-url", "postgres://w@127.0.0.1/db"];
+    let mut argv = vec![
+        "byok-sidecar",
+        "--database-url",
+        "postgres://w@127.0.0.1/db",
+    ];
     argv.extend_from_slice(args);
     let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
     Config::from_args(cli.run).map_err(|e| e.to_string())
@@ -19,16 +23,40 @@ fn defaults_are_sane() {
     assert_eq!(c.request_timeout, Duration::from_secs(15));
     assert_eq!(c.metrics_addr, Some("127.0.0.1:9187".parse().unwrap()));
     assert_eq!(c.args.log_format, LogFormat::Text);
-    assert!(c.worker.contains(&std::process::id().to_string()), "{}", c.worker);
+    assert!(
+        c.worker.contains(&std::process::id().to_string()),
+        "{}",
+        c.worker
+    );
 }
 
 #[test]
 fn flags_override_defaults() {
     let c = parse(&[
-        "--anthropic-probe", "models", "--openai-probe", "models", "--anthropic-model", "claude-x",
-        "--concurrency", "3", "--lease-seconds", "30", "--request-timeout", "2.5", "--poll-interval", "0.2",
-        "--metrics-addr", "off", "--log-format", "json", "--worker-name", "w1", "--breaker-workspaces", "5",
-        "--anthropic-base-url", "http://127.0.0.1:1",
+        "--anthropic-probe",
+        "models",
+        "--openai-probe",
+        "models",
+        "--anthropic-model",
+        "claude-x",
+        "--concurrency",
+        "3",
+        "--lease-seconds",
+        "30",
+        "--request-timeout",
+        "2.5",
+        "--poll-interval",
+        "0.2",
+        "--metrics-addr",
+        "off",
+        "--log-format",
+        "json",
+        "--worker-name",
+        "w1",
+        "--breaker-workspaces",
+        "5",
+        "--anthropic-base-url",
+        "http://127.0.0.1:1",
     ])
     .unwrap();
     assert_eq!(c.args.anthropic_probe, Probe::Models);
@@ -45,12 +73,18 @@ fn flags_override_defaults() {
 
 #[test]
 fn refuses_bad_values() {
-    assert!(parse(&["--lease-seconds", "10", "--request-timeout", "8"]).err().unwrap().contains("lease"));
+    assert!(parse(&["--lease-seconds", "10", "--request-timeout", "8"])
+        .err()
+        .unwrap()
+        .contains("lease"));
     assert!(parse(&["--concurrency", "0"]).is_err());
     assert!(parse(&["--anthropic-probe", "chat"]).is_err());
     assert!(parse(&["--poll-interval", "-1"]).is_err());
     assert!(parse(&["--request-timeout", "nan"]).is_err());
-    assert!(parse(&["--metrics-addr", "nowhere"]).err().unwrap().contains("metrics"));
+    assert!(parse(&["--metrics-addr", "nowhere"])
+        .err()
+        .unwrap()
+        .contains("metrics"));
     assert!(parse(&["--openai-base-url", "ftp://x"]).is_err());
     assert!(parse(&["--log-format", "xml"]).is_err());
 }
@@ -59,20 +93,42 @@ fn refuses_bad_values() {
 fn database_url_is_required_for_the_worker_only() {
     let cli = Cli::try_parse_from(["byok-sidecar"]).unwrap();
     if std::env::var_os("DATABASE_URL").is_none() {
-        assert!(matches!(Config::from_args(cli.run), Err(ConfigError::MissingDatabaseUrl)));
+        assert!(matches!(
+            Config::from_args(cli.run),
+            Err(ConfigError::MissingDatabaseUrl)
+        ));
     }
-    let cli = Cli::try_parse_from(["byok-sidecar", "mock-vendor", "--listen", "127.0.0.1:0"]).unwrap();
+    let cli =
+        Cli::try_parse_from(["byok-sidecar", "mock-vendor", "--listen", "127.0.0.1:0"]).unwrap();
     assert!(matches!(cli.command, Some(Command::MockVendor(_))));
 }
 
 #[test]
 fn help_documents_every_setting() {
-    let help = <Cli as clap::CommandFactory>::command().render_long_help().to_string();
+    let help = <Cli as clap::CommandFactory>::command()
+        .render_long_help()
+        .to_string();
     for flag in [
-        "--database-url", "DATABASE_URL", "ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "--anthropic-probe",
-        "--openai-probe", "--anthropic-model", "--openai-model", "--concurrency", "--lease-seconds",
-        "--poll-interval", "--request-timeout", "--grace-period", "--metrics-addr", "--log-format",
-        "--worker-name", "--breaker-workspaces", "--breaker-window", "--breaker-open", "mock-vendor",
+        "--database-url",
+        "DATABASE_URL",
+        "ANTHROPIC_BASE_URL",
+        "OPENAI_BASE_URL",
+        "--anthropic-probe",
+        "--openai-probe",
+        "--anthropic-model",
+        "--openai-model",
+        "--concurrency",
+        "--lease-seconds",
+        "--poll-interval",
+        "--request-timeout",
+        "--grace-period",
+        "--metrics-addr",
+        "--log-format",
+        "--worker-name",
+        "--breaker-workspaces",
+        "--breaker-window",
+        "--breaker-open",
+        "mock-vendor",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }

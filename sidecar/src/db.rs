@@ -44,7 +44,12 @@ impl Db {
 
 /// Starts the supervisor; it runs until `stop` fires. `wake` is notified on
 /// every NOTIFY and after every reconnect (jobs may have queued meanwhile).
-pub fn supervise(url: String, wake: Arc<Notify>, metrics: Arc<Metrics>, stop: CancellationToken) -> Db {
+pub fn supervise(
+    url: String,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> Db {
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         let mut failures: u32 = 0;
@@ -90,7 +95,10 @@ pub fn reconnect_delay(failures: u32) -> Duration {
     Duration::from_secs_f64(base * (0.5 + rand::random::<f64>()))
 }
 
-async fn connect(url: &str, wake: Arc<Notify>) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+async fn connect(
+    url: &str,
+    wake: Arc<Notify>,
+) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
     let mut config: tokio_postgres::Config = url.parse()?;
     config.application_name("byok-sidecar");
     config.connect_timeout(Duration::from_secs(5));
@@ -110,12 +118,19 @@ async fn connect(url: &str, wake: Arc<Notify>) -> Result<(Client, tokio::task::J
         }
     });
     // A stuck statement must not hold a job past its lease.
-    client.batch_execute(&format!("SET statement_timeout = '30s'; LISTEN {CHANNEL}")).await?;
+    client
+        .batch_execute(&format!("SET statement_timeout = '30s'; LISTEN {CHANNEL}"))
+        .await?;
     Ok((client, driver))
 }
 
 /// `byok.claim_jobs`. Unknown vendors (never expected) are skipped.
-pub async fn claim(client: &Client, worker: &str, max: u32, lease_seconds: u32) -> Result<Vec<Job>, tokio_postgres::Error> {
+pub async fn claim(
+    client: &Client,
+    worker: &str,
+    max: u32,
+    lease_seconds: u32,
+) -> Result<Vec<Job>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT job_id, key_id, workspace_id, vendor, api_key, attempt, lease_token FROM byok.claim_jobs($1, $2, $3)",
@@ -124,13 +139,25 @@ pub async fn claim(client: &Client, worker: &str, max: u32, lease_seconds: u32) 
         .await?;
     let mut jobs = Vec::with_capacity(rows.len());
     for row in rows {
-        let key: Zeroizing<String> = Zeroizing::new(row.get::<_, Option<String>>(4).unwrap_or_default());
+        let key: Zeroizing<String> =
+            Zeroizing::new(row.get::<_, Option<String>>(4).unwrap_or_default());
         let vendor_name: String = row.get(3);
         let Ok(vendor) = Vendor::parse(&vendor_name) else {
-            tracing::error!(job_id = row.get::<_, i64>(0), "claimed a job of an unknown vendor; leaving it to its lease");
+            tracing::error!(
+                job_id = row.get::<_, i64>(0),
+                "claimed a job of an unknown vendor; leaving it to its lease"
+            );
             continue;
         };
-        jobs.push(Job::new(row.get(0), row.get(1), row.get(2), vendor, key, row.get(5), row.get(6)));
+        jobs.push(Job::new(
+            row.get(0),
+            row.get(1),
+            row.get(2),
+            vendor,
+            key,
+            row.get(5),
+            row.get(6),
+        ));
     }
     Ok(jobs)
 }
@@ -145,7 +172,11 @@ pub struct Finish {
 }
 
 /// `byok.finish_job`: the key's new status, or `stale`.
-pub async fn finish(client: &Client, lease: &Lease, f: &Finish) -> Result<String, tokio_postgres::Error> {
+pub async fn finish(
+    client: &Client,
+    lease: &Lease,
+    f: &Finish,
+) -> Result<String, tokio_postgres::Error> {
     let row = client
         .query_one(
             "SELECT byok.finish_job($1, $2, $3, $4, $5, $6)",
@@ -163,33 +194,70 @@ pub async fn finish(client: &Client, lease: &Lease, f: &Finish) -> Result<String
 }
 
 /// `byok.release_job`: hand a claimed job back without spending its attempt.
-pub async fn release(client: &Client, job_id: i64, token: Uuid, delay_seconds: u32) -> Result<bool, tokio_postgres::Error> {
+pub async fn release(
+    client: &Client,
+    job_id: i64,
+    token: Uuid,
+    delay_seconds: u32,
+) -> Result<bool, tokio_postgres::Error> {
     let row = client
-        .query_one("SELECT byok.release_job($1, $2, $3)", &[&job_id, &token, &(delay_seconds.min(3600) as i32)])
+        .query_one(
+            "SELECT byok.release_job($1, $2, $3)",
+            &[&job_id, &token, &(delay_seconds.min(3600) as i32)],
+        )
         .await?;
     Ok(row.get::<_, Option<bool>>(0).unwrap_or(false))
 }
 
 /// `byok.defer_jobs`: push a vendor's ready jobs back without counting attempts.
-pub async fn defer(client: &Client, vendor: Vendor, seconds: u32) -> Result<i32, tokio_postgres::Error> {
-    let row = client.query_one("SELECT byok.defer_jobs($1, $2)", &[&vendor.as_str(), &(seconds.clamp(1, 3600) as i32)]).await?;
+pub async fn defer(
+    client: &Client,
+    vendor: Vendor,
+    seconds: u32,
+) -> Result<i32, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT byok.defer_jobs($1, $2)",
+            &[&vendor.as_str(), &(seconds.clamp(1, 3600) as i32)],
+        )
+        .await?;
     Ok(row.get::<_, Option<i32>>(0).unwrap_or(0))
 }
 
 /// `byok.report_vendor_status`.
-pub async fn report(client: &Client, worker: &str, vendor: Vendor, state: &str, detail: &str) -> Result<(), tokio_postgres::Error> {
+pub async fn report(
+    client: &Client,
+    worker: &str,
+    vendor: Vendor,
+    state: &str,
+    detail: &str,
+) -> Result<(), tokio_postgres::Error> {
     client
-        .execute("SELECT byok.report_vendor_status($1, $2, $3, $4)", &[&worker, &vendor.as_str(), &state, &detail])
+        .execute(
+            "SELECT byok.report_vendor_status($1, $2, $3, $4)",
+            &[&worker, &vendor.as_str(), &state, &detail],
+        )
         .await?;
     Ok(())
 }
 
 /// `byok.queue_depth()`: (vendor, ready, leased, waiting).
-pub async fn queue_depth(client: &Client) -> Result<Vec<(Vendor, i64, i64, i64)>, tokio_postgres::Error> {
-    let rows = client.query("SELECT vendor, ready, leased, waiting FROM byok.queue_depth()", &[]).await?;
+pub async fn queue_depth(
+    client: &Client,
+) -> Result<Vec<(Vendor, i64, i64, i64)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT vendor, ready, leased, waiting FROM byok.queue_depth()",
+            &[],
+        )
+        .await?;
     Ok(rows
         .iter()
-        .filter_map(|r| Vendor::parse(r.get::<_, &str>(0)).ok().map(|v| (v, r.get(1), r.get(2), r.get(3))))
+        .filter_map(|r| {
+            Vendor::parse(r.get::<_, &str>(0))
+                .ok()
+                .map(|v| (v, r.get(1), r.get(2), r.get(3)))
+        })
         .collect())
 }
 
@@ -206,5 +274,7 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 /// older extension, or the role lacks byok_worker): retrying won't help.
 pub fn is_missing_or_forbidden(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
-    e.code().is_some_and(|c| *c == SqlState::UNDEFINED_FUNCTION || *c == SqlState::INSUFFICIENT_PRIVILEGE)
+    e.code().is_some_and(|c| {
+        *c == SqlState::UNDEFINED_FUNCTION || *c == SqlState::INSUFFICIENT_PRIVILEGE
+    })
 }

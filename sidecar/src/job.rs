@@ -30,7 +30,15 @@ impl Job {
         attempt: i32,
         lease_token: Uuid,
     ) -> Job {
-        Job { job_id, key_id, workspace_id, vendor, api_key: Some(api_key), attempt, lease_token }
+        Job {
+            job_id,
+            key_id,
+            workspace_id,
+            vendor,
+            api_key: Some(api_key),
+            attempt,
+            lease_token,
+        }
     }
 
     /// Moves the key out (once): the caller drops it right after the request.
@@ -40,7 +48,12 @@ impl Job {
 
     /// What the worker needs after the key is gone.
     pub fn lease(&self) -> Lease {
-        Lease { job_id: self.job_id, lease_token: self.lease_token, vendor: self.vendor, workspace_id: self.workspace_id }
+        Lease {
+            job_id: self.job_id,
+            lease_token: self.lease_token,
+            vendor: self.vendor,
+            workspace_id: self.workspace_id,
+        }
     }
 }
 
@@ -53,7 +66,10 @@ impl fmt::Debug for Job {
             .field("key_id", &self.key_id)
             .field("workspace_id", &self.workspace_id)
             .field("vendor", &self.vendor.as_str())
-            .field("api_key", &self.api_key.as_ref().map(|k| byok_core::mask::mask(k)))
+            .field(
+                "api_key",
+                &self.api_key.as_ref().map(|k| byok_core::mask::mask(k)),
+            )
             .field("attempt", &self.attempt)
             .finish_non_exhaustive()
     }
@@ -74,10 +90,25 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_key() {
-        let key = format!("sk-proj-{}T3BlbkFJ{}", "k".repeat(74), "z".repeat(70) + "W9x1");
-        let mut job = Job::new(7, Uuid::nil(), Uuid::nil(), Vendor::OpenAi, Zeroizing::new(key), 1, Uuid::nil());
+        let key = format!(
+            "sk-proj-{}T3BlbkFJ{}",
+            "k".repeat(74),
+            "z".repeat(70) + "W9x1"
+        );
+        let mut job = Job::new(
+            7,
+            Uuid::nil(),
+            Uuid::nil(),
+            Vendor::OpenAi,
+            Zeroizing::new(key),
+            1,
+            Uuid::nil(),
+        );
         let shown = format!("{job:?} {job:#?}");
-        assert!(!shown.contains("kkkk") && !shown.contains("sk-proj"), "{shown}");
+        assert!(
+            !shown.contains("kkkk") && !shown.contains("sk-proj"),
+            "{shown}"
+        );
         assert!(shown.contains("…W9x1"), "{shown}");
         assert!(job.take_key().is_some());
         assert!(job.take_key().is_none());

@@ -31,7 +31,10 @@ impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for RedactingMakeWriter<M> {
     type Writer = RedactingWriter<M::Writer>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        RedactingWriter { inner: self.inner.make_writer(), buf: Vec::new() }
+        RedactingWriter {
+            inner: self.inner.make_writer(),
+            buf: Vec::new(),
+        }
     }
 }
 
@@ -85,9 +88,16 @@ impl<W: Write> Drop for RedactingWriter<W> {
 pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
     let filter = EnvFilter::try_new(filter).map_err(|e| format!("bad log filter: {e}"))?;
     let writer = RedactingMakeWriter::new(io::stderr);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_target(true);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_target(true);
     let result = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
         LogFormat::Text => builder.with_ansi(false).try_init(),
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))?;
@@ -101,9 +111,16 @@ pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let message = match info.payload().downcast_ref::<&str>() {
             Some(s) => (*s).to_owned(),
-            None => info.payload().downcast_ref::<String>().cloned().unwrap_or_else(|| "panic".to_owned()),
+            None => info
+                .payload()
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "panic".to_owned()),
         };
-        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         tracing::error!(location, "panic: {}", redact(&message));
         eprintln!("byok-sidecar panicked at {location}: {}", redact(&message));
     }));
@@ -154,14 +171,19 @@ mod tests {
         }
         let out = String::from_utf8(cap.0.lock().unwrap().clone()).unwrap();
         assert!(!out.contains("Zq9Zq9"), "{out}");
-        assert!(out.contains("vendor said: …") && out.ends_with("bye\n"), "{out}");
+        assert!(
+            out.contains("vendor said: …") && out.ends_with("bye\n"),
+            "{out}"
+        );
     }
 
     #[test]
     fn tracing_events_in_both_formats_are_redacted() {
         for json in [false, true] {
             let cap = Capture::default();
-            let builder = tracing_subscriber::fmt().with_writer(RedactingMakeWriter::new(cap.clone())).with_ansi(false);
+            let builder = tracing_subscriber::fmt()
+                .with_writer(RedactingMakeWriter::new(cap.clone()))
+                .with_ansi(false);
             let k = key();
             let run = || {
                 tracing::warn!(body = %format!("{{\"error\":\"bad key {k}\"}}"), "probe failed for {k}");
@@ -183,7 +205,12 @@ mod tests {
     fn key_free_text_passes_unchanged() {
         let cap = Capture::default();
         let make = RedactingMakeWriter::new(cap.clone());
-        make.make_writer().write_all("plain line with sk-learn and ünïcode\n".as_bytes()).unwrap();
-        assert_eq!(cap.0.lock().unwrap().as_slice(), "plain line with sk-learn and ünïcode\n".as_bytes());
+        make.make_writer()
+            .write_all("plain line with sk-learn and ünïcode\n".as_bytes())
+            .unwrap();
+        assert_eq!(
+            cap.0.lock().unwrap().as_slice(),
+            "plain line with sk-learn and ünïcode\n".as_bytes()
+        );
     }
 }

@@ -40,7 +40,12 @@ impl Metrics {
     /// Counts a job result: `outcome` is valid, invalid, retry, unverified,
     /// deferred (breaker), released (shutdown) or stale.
     pub fn job(&self, vendor: Vendor, outcome: &'static str) {
-        *self.jobs.lock().unwrap().entry((vendor.as_str(), outcome)).or_default() += 1;
+        *self
+            .jobs
+            .lock()
+            .unwrap()
+            .entry((vendor.as_str(), outcome))
+            .or_default() += 1;
     }
 
     /// Records how long one vendor call took (answered or not).
@@ -63,7 +68,10 @@ impl Metrics {
 
     /// Queue depth per vendor and state (ready, leased, waiting).
     pub fn queue_depth(&self, vendor: Vendor, state: &'static str, n: i64) {
-        self.queue.lock().unwrap().insert((vendor.as_str(), state), n);
+        self.queue
+            .lock()
+            .unwrap()
+            .insert((vendor.as_str(), state), n);
     }
 
     pub fn in_flight_add(&self, delta: i64) {
@@ -89,37 +97,116 @@ impl Metrics {
     /// The Prometheus text exposition (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::new();
-        header(&mut out, "byok_sidecar_jobs_total", "counter", "Jobs handled, by vendor and outcome.");
+        header(
+            &mut out,
+            "byok_sidecar_jobs_total",
+            "counter",
+            "Jobs handled, by vendor and outcome.",
+        );
         for ((vendor, outcome), n) in self.jobs.lock().unwrap().iter() {
-            let _ = writeln!(out, "byok_sidecar_jobs_total{{vendor=\"{vendor}\",outcome=\"{outcome}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "byok_sidecar_jobs_total{{vendor=\"{vendor}\",outcome=\"{outcome}\"}} {n}"
+            );
         }
         let name = "byok_sidecar_vendor_request_duration_seconds";
-        header(&mut out, name, "histogram", "Duration of vendor validation calls.");
+        header(
+            &mut out,
+            name,
+            "histogram",
+            "Duration of vendor validation calls.",
+        );
         for (vendor, h) in self.latency.lock().unwrap().iter() {
             for (bound, n) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(out, "{name}_bucket{{vendor=\"{vendor}\",le=\"{bound}\"}} {n}");
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{vendor=\"{vendor}\",le=\"{bound}\"}} {n}"
+                );
             }
-            let _ = writeln!(out, "{name}_bucket{{vendor=\"{vendor}\",le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{vendor=\"{vendor}\",le=\"+Inf\"}} {}",
+                h.count
+            );
             let _ = writeln!(out, "{name}_sum{{vendor=\"{vendor}\"}} {}", h.sum);
             let _ = writeln!(out, "{name}_count{{vendor=\"{vendor}\"}} {}", h.count);
         }
-        header(&mut out, "byok_sidecar_in_flight", "gauge", "Vendor calls in flight.");
-        let _ = writeln!(out, "byok_sidecar_in_flight {}", self.in_flight.load(Ordering::Relaxed));
-        header(&mut out, "byok_sidecar_breaker_state", "gauge", "Circuit breaker per vendor: 0 closed, 1 half-open, 2 open.");
+        header(
+            &mut out,
+            "byok_sidecar_in_flight",
+            "gauge",
+            "Vendor calls in flight.",
+        );
+        let _ = writeln!(
+            out,
+            "byok_sidecar_in_flight {}",
+            self.in_flight.load(Ordering::Relaxed)
+        );
+        header(
+            &mut out,
+            "byok_sidecar_breaker_state",
+            "gauge",
+            "Circuit breaker per vendor: 0 closed, 1 half-open, 2 open.",
+        );
         for vendor in Vendor::ALL {
-            let state = self.breaker.lock().unwrap().get(vendor.as_str()).copied().unwrap_or(0);
-            let _ = writeln!(out, "byok_sidecar_breaker_state{{vendor=\"{}\"}} {state}", vendor.as_str());
+            let state = self
+                .breaker
+                .lock()
+                .unwrap()
+                .get(vendor.as_str())
+                .copied()
+                .unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "byok_sidecar_breaker_state{{vendor=\"{}\"}} {state}",
+                vendor.as_str()
+            );
         }
-        header(&mut out, "byok_sidecar_queue_depth", "gauge", "Validation jobs in the queue (byok.queue_depth()), by vendor and state.");
+        header(
+            &mut out,
+            "byok_sidecar_queue_depth",
+            "gauge",
+            "Validation jobs in the queue (byok.queue_depth()), by vendor and state.",
+        );
         for ((vendor, state), n) in self.queue.lock().unwrap().iter() {
-            let _ = writeln!(out, "byok_sidecar_queue_depth{{vendor=\"{vendor}\",state=\"{state}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "byok_sidecar_queue_depth{{vendor=\"{vendor}\",state=\"{state}\"}} {n}"
+            );
         }
-        header(&mut out, "byok_sidecar_db_connected", "gauge", "1 while the database connection is up.");
-        let _ = writeln!(out, "byok_sidecar_db_connected {}", u8::from(self.db_connected()));
-        header(&mut out, "byok_sidecar_db_reconnects_total", "counter", "Database connections re-established.");
-        let _ = writeln!(out, "byok_sidecar_db_reconnects_total {}", self.db_reconnects.load(Ordering::Relaxed));
-        header(&mut out, "byok_sidecar_finish_failures_total", "counter", "finish_job calls that failed and were retried or abandoned.");
-        let _ = writeln!(out, "byok_sidecar_finish_failures_total {}", self.finish_failures.load(Ordering::Relaxed));
+        header(
+            &mut out,
+            "byok_sidecar_db_connected",
+            "gauge",
+            "1 while the database connection is up.",
+        );
+        let _ = writeln!(
+            out,
+            "byok_sidecar_db_connected {}",
+            u8::from(self.db_connected())
+        );
+        header(
+            &mut out,
+            "byok_sidecar_db_reconnects_total",
+            "counter",
+            "Database connections re-established.",
+        );
+        let _ = writeln!(
+            out,
+            "byok_sidecar_db_reconnects_total {}",
+            self.db_reconnects.load(Ordering::Relaxed)
+        );
+        header(
+            &mut out,
+            "byok_sidecar_finish_failures_total",
+            "counter",
+            "finish_job calls that failed and were retried or abandoned.",
+        );
+        let _ = writeln!(
+            out,
+            "byok_sidecar_finish_failures_total {}",
+            self.finish_failures.load(Ordering::Relaxed)
+        );
         out
     }
 }
@@ -159,7 +246,10 @@ mod tests {
             "byok_sidecar_db_connected 1",
             "# TYPE byok_sidecar_jobs_total counter",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
     }
 }

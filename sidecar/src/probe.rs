@@ -59,7 +59,11 @@ impl Prober {
         };
         Ok(Prober {
             client,
-            anthropic: target(&args.anthropic_base_url, args.anthropic_probe, &args.anthropic_model),
+            anthropic: target(
+                &args.anthropic_base_url,
+                args.anthropic_probe,
+                &args.anthropic_model,
+            ),
             openai: target(&args.openai_base_url, args.openai_probe, &args.openai_model),
         })
     }
@@ -87,9 +91,14 @@ impl Prober {
                 let headers = keep_headers(resp.headers());
                 match read_body(resp).await {
                     Ok(body) => {
-                        let pairs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                        let pairs: Vec<(&str, &str)> =
+                            headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
                         let verdict = classify_response(vendor, status, &pairs, &body);
-                        ProbeResult { verdict, http_status: Some(status), took: started.elapsed() }
+                        ProbeResult {
+                            verdict,
+                            http_status: Some(status),
+                            took: started.elapsed(),
+                        }
                     }
                     Err(e) => no_answer(vendor, &e, started),
                 }
@@ -105,20 +114,28 @@ impl Prober {
         let secret = |v: String| {
             // A key with bytes a header cannot carry gets an empty header:
             // the vendor answers 401, which is the right verdict for it.
-            let mut h = HeaderValue::from_str(&Zeroizing::new(v)).unwrap_or_else(|_| HeaderValue::from_static(""));
+            let mut h = HeaderValue::from_str(&Zeroizing::new(v))
+                .unwrap_or_else(|_| HeaderValue::from_static(""));
             h.set_sensitive(true);
             h
         };
         let (path, body) = match (vendor, t.probe) {
             (Vendor::Anthropic, Probe::Models) => ("/v1/models?limit=1", None),
-            (Vendor::Anthropic, Probe::Completion) => ("/v1/messages", Some(completion_body(&t.model))),
+            (Vendor::Anthropic, Probe::Completion) => {
+                ("/v1/messages", Some(completion_body(&t.model)))
+            }
             (Vendor::OpenAi, Probe::Models) => ("/v1/models", None),
-            (Vendor::OpenAi, Probe::Completion) => ("/v1/chat/completions", Some(completion_body(&t.model))),
+            (Vendor::OpenAi, Probe::Completion) => {
+                ("/v1/chat/completions", Some(completion_body(&t.model)))
+            }
         };
         match vendor {
             Vendor::Anthropic => {
                 headers.insert("x-api-key", secret(key.to_owned()));
-                headers.insert("anthropic-version", HeaderValue::from_static(ANTHROPIC_VERSION));
+                headers.insert(
+                    "anthropic-version",
+                    HeaderValue::from_static(ANTHROPIC_VERSION),
+                );
             }
             Vendor::OpenAi => {
                 headers.insert(AUTHORIZATION, secret(format!("Bearer {key}")));
@@ -149,10 +166,19 @@ pub fn completion_body(model: &str) -> String {
 
 /// The headers classification reads, copied out of the response.
 fn keep_headers(h: &HeaderMap) -> Vec<(&'static str, String)> {
-    ["retry-after", "retry-after-ms", "request-id", "x-request-id"]
-        .into_iter()
-        .filter_map(|n| h.get(n).and_then(|v| v.to_str().ok()).map(|v| (n, v.to_owned())))
-        .collect()
+    [
+        "retry-after",
+        "retry-after-ms",
+        "request-id",
+        "x-request-id",
+    ]
+    .into_iter()
+    .filter_map(|n| {
+        h.get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| (n, v.to_owned()))
+    })
+    .collect()
 }
 
 async fn read_body(mut resp: reqwest::Response) -> reqwest::Result<String> {
@@ -168,7 +194,11 @@ async fn read_body(mut resp: reqwest::Response) -> reqwest::Result<String> {
 }
 
 fn no_answer(vendor: Vendor, e: &reqwest::Error, started: Instant) -> ProbeResult {
-    ProbeResult { verdict: classify_transport(vendor, transport_kind(e)), http_status: None, took: started.elapsed() }
+    ProbeResult {
+        verdict: classify_transport(vendor, transport_kind(e)),
+        http_status: None,
+        took: started.elapsed(),
+    }
 }
 
 /// Sorts a reqwest failure into the kinds classification knows, by the
@@ -184,8 +214,12 @@ pub fn transport_kind(e: &reqwest::Error) -> TransportError {
             use std::io::ErrorKind::*;
             match io.kind() {
                 TimedOut => return TransportError::Timeout,
-                ConnectionRefused | AddrNotAvailable | HostUnreachable | NetworkUnreachable => return TransportError::Connect,
-                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => return TransportError::Reset,
+                ConnectionRefused | AddrNotAvailable | HostUnreachable | NetworkUnreachable => {
+                    return TransportError::Connect
+                }
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
+                    return TransportError::Reset
+                }
                 // Garbage while connecting is the TLS layer refusing what it got.
                 InvalidData if e.is_connect() => return TransportError::Tls,
                 _ => {}
@@ -195,11 +229,18 @@ pub fn transport_kind(e: &reqwest::Error) -> TransportError {
         chain.push(' ');
         source = s.source();
     }
-    if ["certificate", "tls", "handshake", "corrupt message", "peer"].iter().any(|w| chain.contains(w)) {
+    if ["certificate", "tls", "handshake", "corrupt message", "peer"]
+        .iter()
+        .any(|w| chain.contains(w))
+    {
         TransportError::Tls
     } else if e.is_connect() {
         TransportError::Connect
-    } else if chain.contains("closed") || chain.contains("reset") || chain.contains("incomplete") || e.is_body() {
+    } else if chain.contains("closed")
+        || chain.contains("reset")
+        || chain.contains("incomplete")
+        || e.is_body()
+    {
         TransportError::Reset
     } else {
         TransportError::Other

@@ -23,17 +23,33 @@ pub struct Report {
 
 /// Writes reports in order. On `open` it first defers the vendor's ready
 /// jobs for the open interval, so no sidecar spends attempts on them.
-pub async fn reporter(db: Db, worker: String, open_for: Duration, mut rx: mpsc::UnboundedReceiver<Report>) {
+pub async fn reporter(
+    db: Db,
+    worker: String,
+    open_for: Duration,
+    mut rx: mpsc::UnboundedReceiver<Report>,
+) {
     while let Some(r) = rx.recv().await {
         let Some(client) = db.client(Instant::now() + Duration::from_secs(15)).await else {
-            tracing::warn!(vendor = r.vendor.as_str(), state = r.state.as_str(), "database unavailable: breaker state not reported");
+            tracing::warn!(
+                vendor = r.vendor.as_str(),
+                state = r.state.as_str(),
+                "database unavailable: breaker state not reported"
+            );
             continue;
         };
         if r.state == State::Open {
             let seconds = open_for.as_secs_f64().ceil() as u32;
             match db::defer(&client, r.vendor, seconds).await {
-                Ok(n) => tracing::info!(vendor = r.vendor.as_str(), deferred = n, seconds, "deferred the vendor's ready jobs"),
-                Err(e) => tracing::warn!(vendor = r.vendor.as_str(), error = %db::describe(&e), "byok.defer_jobs failed"),
+                Ok(n) => tracing::info!(
+                    vendor = r.vendor.as_str(),
+                    deferred = n,
+                    seconds,
+                    "deferred the vendor's ready jobs"
+                ),
+                Err(e) => {
+                    tracing::warn!(vendor = r.vendor.as_str(), error = %db::describe(&e), "byok.defer_jobs failed")
+                }
             }
         }
         if let Err(e) = db::report(&client, &worker, r.vendor, r.state.as_str(), &r.detail).await {
@@ -44,15 +60,22 @@ pub async fn reporter(db: Db, worker: String, open_for: Duration, mut rx: mpsc::
 
 /// Refreshes the queue-depth gauge every `interval`; stops for good when
 /// the function is missing or not granted (then the gauge stays absent).
-pub async fn queue_depth_loop(db: Db, metrics: Arc<Metrics>, interval: Option<Duration>, stop: CancellationToken) {
+pub async fn queue_depth_loop(
+    db: Db,
+    metrics: Arc<Metrics>,
+    interval: Option<Duration>,
+    stop: CancellationToken,
+) {
     let Some(interval) = interval else { return };
     loop {
         if let Some(client) = db.client(Instant::now() + Duration::from_millis(100)).await {
             match db::queue_depth(&client).await {
                 Ok(rows) => {
                     for vendor in Vendor::ALL {
-                        let (ready, leased, waiting) =
-                            rows.iter().find(|r| r.0 == vendor).map_or((0, 0, 0), |r| (r.1, r.2, r.3));
+                        let (ready, leased, waiting) = rows
+                            .iter()
+                            .find(|r| r.0 == vendor)
+                            .map_or((0, 0, 0), |r| (r.1, r.2, r.3));
                         metrics.queue_depth(vendor, "ready", ready);
                         metrics.queue_depth(vendor, "leased", leased);
                         metrics.queue_depth(vendor, "waiting", waiting);

@@ -16,7 +16,13 @@ use crate::worker::Shared;
 
 /// Starts work on a claimed job: probe it, or hand it straight back when
 /// the vendor's breaker is open.
-pub fn dispatch(sh: &Arc<Shared>, tracker: &TaskTracker, job: Job, permit: OwnedSemaphorePermit, claimed_at: Instant) {
+pub fn dispatch(
+    sh: &Arc<Shared>,
+    tracker: &TaskTracker,
+    job: Job,
+    permit: OwnedSemaphorePermit,
+    claimed_at: Instant,
+) {
     let vendor = job.vendor;
     let (admit, transition) = sh.breaker(vendor, |b| b.admit(std::time::Instant::now()));
     if let Some(t) = transition {
@@ -28,7 +34,8 @@ pub fn dispatch(sh: &Arc<Shared>, tracker: &TaskTracker, job: Job, permit: Owned
             let lease = job.lease();
             drop(job); // wipes the key: it will not be used
             drop(permit);
-            tracker.spawn(async move { hand_back(&sh, lease, whole_seconds(wait), "deferred").await });
+            tracker
+                .spawn(async move { hand_back(&sh, lease, whole_seconds(wait), "deferred").await });
         }
         Admit::Probe | Admit::Trial => {
             let trial = admit == Admit::Trial;
@@ -44,8 +51,22 @@ async fn process(sh: &Arc<Shared>, mut job: Job, trial: bool, deadline: Instant)
     let lease = job.lease();
     let attempt = job.attempt;
     let key_id = job.key_id;
-    let Some(key) = job.take_key() else { return };
+    let key = job.take_key().filter(|k| !k.is_empty());
     drop(job);
+    let Some(key) = key else {
+        // Never probe with nothing: the vendor's 401 would erase a real key.
+        tracing::error!(job_id = lease.job_id, %key_id, "claim_jobs returned no key material; not probing");
+        let detail = "the database returned no key material to validate (check the extension's master key); \
+                      the key was not judged";
+        let f = Finish {
+            outcome: "retry",
+            detail: detail.to_owned(),
+            http_status: None,
+            retry_after_seconds: None,
+        };
+        finish(sh, &lease, &f, deadline).await;
+        return;
+    };
     sh.metrics.in_flight_add(1);
     let result = tokio::select! {
         r = sh.prober.probe(lease.vendor, key) => Some(r),
@@ -60,8 +81,12 @@ async fn process(sh: &Arc<Shared>, mut job: Job, trial: bool, deadline: Instant)
     sh.metrics.latency(vendor, res.took);
     let v = &res.verdict;
     let now = std::time::Instant::now();
-    let (transition, open_left) =
-        sh.breaker(vendor, |b| (b.record(now, lease.workspace_id, v.vendor_fault, trial), b.open_remaining(now)));
+    let (transition, open_left) = sh.breaker(vendor, |b| {
+        (
+            b.record(now, lease.workspace_id, v.vendor_fault, trial),
+            b.open_remaining(now),
+        )
+    });
     if let Some(t) = transition {
         on_transition(sh, vendor, t, Some(&v.detail));
     }
@@ -75,7 +100,12 @@ async fn process(sh: &Arc<Shared>, mut job: Job, trial: bool, deadline: Instant)
         hand_back(sh, lease, whole_seconds(open_left), "deferred").await;
         return;
     }
-    let f = Finish { outcome: v.outcome.as_str(), detail: v.detail.clone(), http_status: res.http_status, retry_after_seconds: v.retry_after_seconds };
+    let f = Finish {
+        outcome: v.outcome.as_str(),
+        detail: v.detail.clone(),
+        http_status: res.http_status,
+        retry_after_seconds: v.retry_after_seconds,
+    };
     finish(sh, &lease, &f, deadline).await;
     if !v.vendor_fault {
         heartbeat(sh, vendor);
@@ -87,7 +117,11 @@ async fn process(sh: &Arc<Shared>, mut job: Job, trial: bool, deadline: Instant)
 async fn finish(sh: &Shared, lease: &Lease, f: &Finish, deadline: Instant) {
     let mut tries = 0u32;
     loop {
-        let deadline = if sh.hard_stop.is_cancelled() { deadline.min(Instant::now() + Duration::from_secs(5)) } else { deadline };
+        let deadline = if sh.hard_stop.is_cancelled() {
+            deadline.min(Instant::now() + Duration::from_secs(5))
+        } else {
+            deadline
+        };
         let Some(client) = sh.db.client(deadline).await else {
             sh.metrics.finish_failure();
             tracing::warn!(job_id = lease.job_id, "could not record the verdict before the lease ran out; the job will be claimed again");
@@ -112,7 +146,11 @@ async fn finish(sh: &Shared, lease: &Lease, f: &Finish, deadline: Instant) {
                     return;
                 }
                 tracing::warn!(job_id = lease.job_id, error = %db::describe(&e), "recording the verdict failed; retrying");
-                tokio::time::sleep(db::reconnect_delay(tries).min(deadline.saturating_duration_since(Instant::now()))).await;
+                tokio::time::sleep(
+                    db::reconnect_delay(tries)
+                        .min(deadline.saturating_duration_since(Instant::now())),
+                )
+                .await;
                 if Instant::now() >= deadline {
                     tracing::warn!(job_id = lease.job_id, "lease ran out before the verdict was recorded; the job will be claimed again");
                     return;
@@ -125,15 +163,28 @@ async fn finish(sh: &Shared, lease: &Lease, f: &Finish, deadline: Instant) {
 /// `release_job`: back to the queue without spending the attempt.
 async fn hand_back(sh: &Shared, lease: Lease, delay_seconds: u32, label: &'static str) {
     let Some(client) = sh.db.client(Instant::now() + Duration::from_secs(10)).await else {
-        tracing::warn!(job_id = lease.job_id, "database unavailable: job left to its lease");
+        tracing::warn!(
+            job_id = lease.job_id,
+            "database unavailable: job left to its lease"
+        );
         return;
     };
     match db::release(&client, lease.job_id, lease.lease_token, delay_seconds).await {
         Ok(done) => {
-            sh.metrics.job(lease.vendor, if done { label } else { "stale" });
-            tracing::info!(job_id = lease.job_id, vendor = lease.vendor.as_str(), delay_seconds, released = done, reason = label, "job handed back");
+            sh.metrics
+                .job(lease.vendor, if done { label } else { "stale" });
+            tracing::info!(
+                job_id = lease.job_id,
+                vendor = lease.vendor.as_str(),
+                delay_seconds,
+                released = done,
+                reason = label,
+                "job handed back"
+            );
         }
-        Err(e) => tracing::warn!(job_id = lease.job_id, error = %db::describe(&e), "byok.release_job failed; job left to its lease"),
+        Err(e) => {
+            tracing::warn!(job_id = lease.job_id, error = %db::describe(&e), "byok.release_job failed; job left to its lease")
+        }
     }
 }
 
@@ -161,18 +212,34 @@ fn on_transition(sh: &Shared, vendor: Vendor, t: Transition, last_detail: Option
         Transition::Closed => (State::Closed, format!("{name} is answering again; validations resumed")),
     };
     if state == State::Closed {
-        tracing::info!(vendor = vendor.as_str(), state = state.as_str(), "circuit breaker: {detail}");
+        tracing::info!(
+            vendor = vendor.as_str(),
+            state = state.as_str(),
+            "circuit breaker: {detail}"
+        );
     } else {
-        tracing::warn!(vendor = vendor.as_str(), state = state.as_str(), "circuit breaker: {detail}");
+        tracing::warn!(
+            vendor = vendor.as_str(),
+            state = state.as_str(),
+            "circuit breaker: {detail}"
+        );
     }
-    sh.report(Report { vendor, state, detail });
+    sh.report(Report {
+        vendor,
+        state,
+        detail,
+    });
 }
 
 /// While closed, reports `closed` about once a minute after a real answer,
 /// so a stale `open` left by a sidecar that died gets overwritten.
 fn heartbeat(sh: &Shared, vendor: Vendor) {
     if sh.breaker_state(vendor) == State::Closed && sh.heartbeat_due(vendor) {
-        sh.report(Report { vendor, state: State::Closed, detail: format!("{} is answering", vendor.display_name()) });
+        sh.report(Report {
+            vendor,
+            state: State::Closed,
+            detail: format!("{} is answering", vendor.display_name()),
+        });
     }
 }
 

@@ -74,7 +74,9 @@ impl Shared {
 
     /// Latest moment a job claimed at `claimed_at` can still be finished.
     pub fn finish_deadline(&self, claimed_at: Instant) -> Instant {
-        claimed_at + Duration::from_secs(u64::from(self.cfg.args.lease_seconds)).saturating_sub(Duration::from_secs(2))
+        claimed_at
+            + Duration::from_secs(u64::from(self.cfg.args.lease_seconds))
+                .saturating_sub(Duration::from_secs(2))
     }
 }
 
@@ -90,8 +92,14 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     }
     let db_stop = CancellationToken::new();
     let wake = Arc::new(Notify::new());
-    let db = db::supervise(cfg.database_url.clone(), wake.clone(), metrics.clone(), db_stop.clone());
-    let prober = Prober::new(&cfg.args, cfg.request_timeout).map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let db = db::supervise(
+        cfg.database_url.clone(),
+        wake.clone(),
+        metrics.clone(),
+        db_stop.clone(),
+    );
+    let prober = Prober::new(&cfg.args, cfg.request_timeout)
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         cfg,
@@ -109,7 +117,12 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         tracing::info!(vendor = vendor.as_str(), base_url = %t.base_url, probe = ?t.probe, model = %t.model, "vendor probe");
     }
     tracing::info!(worker = %shared.cfg.worker, concurrency = shared.cfg.args.concurrency, "byok-sidecar started");
-    let reporter = tokio::spawn(report::reporter(shared.db.clone(), shared.cfg.worker.clone(), shared.cfg.breaker_open, rx));
+    let reporter = tokio::spawn(report::reporter(
+        shared.db.clone(),
+        shared.cfg.worker.clone(),
+        shared.cfg.breaker_open,
+        rx,
+    ));
     let depth = tokio::spawn(report::queue_depth_loop(
         shared.db.clone(),
         shared.metrics.clone(),
@@ -119,16 +132,28 @@ pub async fn run(cfg: Config) -> Result<(), String> {
 
     let tracker = TaskTracker::new();
     let claims_stop = CancellationToken::new();
-    let claimer = tokio::spawn(claim_loop(shared.clone(), wake, tracker.clone(), claims_stop.clone()));
+    let claimer = tokio::spawn(claim_loop(
+        shared.clone(),
+        wake,
+        tracker.clone(),
+        claims_stop.clone(),
+    ));
 
     crate::signals::terminated().await;
     let grace = shared.cfg.grace_period;
-    tracing::info!(in_flight = tracker.len(), grace_seconds = grace.as_secs_f64(), "stopping: no new claims, finishing in-flight jobs");
+    tracing::info!(
+        in_flight = tracker.len(),
+        grace_seconds = grace.as_secs_f64(),
+        "stopping: no new claims, finishing in-flight jobs"
+    );
     claims_stop.cancel();
     let _ = claimer.await;
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(left = tracker.len(), "grace period over: handing the remaining jobs back");
+        tracing::warn!(
+            left = tracker.len(),
+            "grace period over: handing the remaining jobs back"
+        );
         shared.hard_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
     }
@@ -143,7 +168,12 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
-async fn claim_loop(sh: Arc<Shared>, wake: Arc<Notify>, tracker: TaskTracker, stop: CancellationToken) {
+async fn claim_loop(
+    sh: Arc<Shared>,
+    wake: Arc<Notify>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(sh.cfg.args.concurrency as usize));
     let mut failures = 0u32;
     loop {
@@ -161,7 +191,14 @@ async fn claim_loop(sh: Arc<Shared>, wake: Arc<Notify>, tracker: TaskTracker, st
         };
         let Some(client) = client else { continue };
         let wanted = permits.len();
-        match db::claim(&client, &sh.cfg.worker, wanted as u32, sh.cfg.args.lease_seconds).await {
+        match db::claim(
+            &client,
+            &sh.cfg.worker,
+            wanted as u32,
+            sh.cfg.args.lease_seconds,
+        )
+        .await
+        {
             Ok(jobs) => {
                 failures = 0;
                 let claimed_at = Instant::now();
@@ -193,7 +230,10 @@ async fn claim_loop(sh: Arc<Shared>, wake: Arc<Notify>, tracker: TaskTracker, st
                 continue;
             }
         }
-        let poll = sh.cfg.poll_interval.mul_f64(0.8 + 0.4 * rand::random::<f64>());
+        let poll = sh
+            .cfg
+            .poll_interval
+            .mul_f64(0.8 + 0.4 * rand::random::<f64>());
         tokio::select! {
             _ = wake.notified() => {}
             _ = tokio::time::sleep(poll) => {}

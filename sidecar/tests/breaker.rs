@@ -11,7 +11,13 @@ use common::*;
 use uuid::Uuid;
 
 fn vendor_state(env: &Env, vendor: &str) -> Option<String> {
-    env.db().query_opt("SELECT state FROM byok.vendor_status WHERE vendor = $1", &[&vendor]).unwrap().map(|r| r.get(0))
+    env.db()
+        .query_opt(
+            "SELECT state FROM byok.vendor_status WHERE vendor = $1",
+            &[&vendor],
+        )
+        .unwrap()
+        .map(|r| r.get(0))
 }
 
 #[test]
@@ -32,11 +38,30 @@ fn vendor_outage_opens_then_closes_the_breaker_without_burning_keys() {
     }
     let sc = env.sidecar(
         "breaker",
-        &[("--breaker-workspaces", "3"), ("--breaker-window", "30"), ("--breaker-open", "3"), ("--request-timeout", "2"), ("--queue-depth-interval", "0.5")],
+        &[
+            ("--breaker-workspaces", "3"),
+            ("--breaker-window", "30"),
+            ("--breaker-open", "3"),
+            ("--request-timeout", "2"),
+            ("--queue-depth-interval", "0.5"),
+        ],
     );
-    wait_until("the anthropic breaker opens", Duration::from_secs(20), || vendor_state(&env, "anthropic").as_deref() == Some("open"));
-    assert_eq!(sc.metric("byok_sidecar_breaker_state{vendor=\"anthropic\"}"), 2.0);
-    let detail: String = db.query_one("SELECT detail FROM byok.vendor_status WHERE vendor = 'anthropic'", &[]).unwrap().get(0);
+    wait_until(
+        "the anthropic breaker opens",
+        Duration::from_secs(20),
+        || vendor_state(&env, "anthropic").as_deref() == Some("open"),
+    );
+    assert_eq!(
+        sc.metric("byok_sidecar_breaker_state{vendor=\"anthropic\"}"),
+        2.0
+    );
+    let detail: String = db
+        .query_one(
+            "SELECT detail FROM byok.vendor_status WHERE vendor = 'anthropic'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert!(detail.contains("workspace"), "{detail}");
     // The other vendor is unaffected.
     wait_settled(&mut db, &openai, Duration::from_secs(20));
@@ -46,28 +71,57 @@ fn vendor_outage_opens_then_closes_the_breaker_without_burning_keys() {
     // the retries would exhaust them within the outage).
     let mut most_waiting = 0.0f64;
     while Instant::now() < outage_ends {
-        most_waiting = most_waiting.max(sc.metric("byok_sidecar_queue_depth{vendor=\"anthropic\",state=\"waiting\"}"));
+        most_waiting = most_waiting
+            .max(sc.metric("byok_sidecar_queue_depth{vendor=\"anthropic\",state=\"waiting\"}"));
         let bad: i64 = db
-            .query_one("SELECT count(*) FROM byok.keys WHERE id = ANY($1) AND status <> 'pending'", &[&anthropic])
+            .query_one(
+                "SELECT count(*) FROM byok.keys WHERE id = ANY($1) AND status <> 'pending'",
+                &[&anthropic],
+            )
             .unwrap()
             .get(0);
         assert_eq!(bad, 0, "a key was judged during the vendor outage");
-        let max_attempts: Option<i32> = db.query_one("SELECT max(attempts) FROM byok.jobs", &[]).unwrap().get(0);
-        assert!(max_attempts.unwrap_or(0) <= 2, "attempts burned during the outage: {max_attempts:?}");
+        let max_attempts: Option<i32> = db
+            .query_one("SELECT max(attempts) FROM byok.jobs", &[])
+            .unwrap()
+            .get(0);
+        assert!(
+            max_attempts.unwrap_or(0) <= 2,
+            "attempts burned during the outage: {max_attempts:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(most_waiting >= 1.0, "deferred jobs never showed in the queue-depth gauge");
-    wait_until("the anthropic breaker closes", Duration::from_secs(30), || vendor_state(&env, "anthropic").as_deref() == Some("closed"));
+    assert!(
+        most_waiting >= 1.0,
+        "deferred jobs never showed in the queue-depth gauge"
+    );
+    wait_until(
+        "the anthropic breaker closes",
+        Duration::from_secs(30),
+        || vendor_state(&env, "anthropic").as_deref() == Some("closed"),
+    );
     wait_settled(&mut db, &anthropic, Duration::from_secs(60));
     for id in anthropic.iter().chain(&openai) {
         assert_eq!(status(&mut db, *id).0, "active", "key {id}");
         assert_eq!(verdicts(&mut db, *id), 1);
     }
-    assert_eq!(sc.metric("byok_sidecar_breaker_state{vendor=\"anthropic\"}"), 0.0);
-    assert!(sc.metric("byok_sidecar_jobs_total{vendor=\"anthropic\",outcome=\"deferred\"}") >= 1.0, "{}", sc.metrics_text());
+    assert_eq!(
+        sc.metric("byok_sidecar_breaker_state{vendor=\"anthropic\"}"),
+        0.0
+    );
+    assert!(
+        sc.metric("byok_sidecar_jobs_total{vendor=\"anthropic\",outcome=\"deferred\"}") >= 1.0,
+        "{}",
+        sc.metrics_text()
+    );
     let stats = env.mock.stats();
-    let during = stats["requests"]["anthropic"]["outage"].as_u64().unwrap_or(0);
-    assert!(during < 20, "the vendor was hammered during its outage: {during} calls");
+    let during = stats["requests"]["anthropic"]["outage"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        during < 20,
+        "the vendor was hammered during its outage: {during} calls"
+    );
     env.mock.assert_no_malformed();
     env.assert_no_key_in_logs();
 }

@@ -21,36 +21,123 @@ struct Case {
     first_error: Option<&'static str>,
 }
 
-const fn case(vendor: &'static str, marker: &'static str, status: &'static str, detail: &'static str, first_error: Option<&'static str>) -> Case {
-    Case { vendor, marker, status, detail, first_error }
+const fn case(
+    vendor: &'static str,
+    marker: &'static str,
+    status: &'static str,
+    detail: &'static str,
+    first_error: Option<&'static str>,
+) -> Case {
+    Case {
+        vendor,
+        marker,
+        status,
+        detail,
+        first_error,
+    }
 }
 
 const CASES: [Case; 20] = [
-    case("anthropic", "", "active", "accepted the key (HTTP 200)", None),
+    case(
+        "anthropic",
+        "",
+        "active",
+        "accepted the key (HTTP 200)",
+        None,
+    ),
     case("openai", "", "active", "accepted the key (HTTP 200)", None),
-    case("anthropic", "mock401", "invalid", "rotated or revoked", None),
+    case(
+        "anthropic",
+        "mock401",
+        "invalid",
+        "rotated or revoked",
+        None,
+    ),
     case("openai", "mock401", "invalid", "rotated or revoked", None),
     case("anthropic", "mockecho", "invalid", "HTTP 401", None),
     case("openai", "mockecho", "invalid", "invalid_api_key", None),
     case("anthropic", "mock403", "invalid", "permission_error", None),
-    case("openai", "mock403", "invalid", "country, region or territory", None),
-    case("anthropic", "mockcredit", "active", "credit balance is too low", None),
+    case(
+        "openai",
+        "mock403",
+        "invalid",
+        "country, region or territory",
+        None,
+    ),
+    case(
+        "anthropic",
+        "mockcredit",
+        "active",
+        "credit balance is too low",
+        None,
+    ),
     case("openai", "mockquota", "active", "no quota left", None),
-    case("anthropic", "mock429", "unverified", "after 2 attempts", Some("rate-limited")),
-    case("openai", "mock429", "unverified", "after 2 attempts", Some("rate-limited")),
-    case("anthropic", "mock500", "unverified", "HTTP 500", Some("HTTP 500")),
-    case("openai", "mock503", "unverified", "HTTP 503", Some("HTTP 503")),
-    case("anthropic", "mock529", "unverified", "HTTP 529 overloaded_error", Some("HTTP 529")),
-    case("openai", "mock500", "unverified", "HTTP 500", Some("HTTP 500")),
-    case("anthropic", "mockhang", "unverified", "timeout", Some("did not answer within the request timeout")),
+    case(
+        "anthropic",
+        "mock429",
+        "unverified",
+        "after 2 attempts",
+        Some("rate-limited"),
+    ),
+    case(
+        "openai",
+        "mock429",
+        "unverified",
+        "after 2 attempts",
+        Some("rate-limited"),
+    ),
+    case(
+        "anthropic",
+        "mock500",
+        "unverified",
+        "HTTP 500",
+        Some("HTTP 500"),
+    ),
+    case(
+        "openai",
+        "mock503",
+        "unverified",
+        "HTTP 503",
+        Some("HTTP 503"),
+    ),
+    case(
+        "anthropic",
+        "mock529",
+        "unverified",
+        "HTTP 529 overloaded_error",
+        Some("HTTP 529"),
+    ),
+    case(
+        "openai",
+        "mock500",
+        "unverified",
+        "HTTP 500",
+        Some("HTTP 500"),
+    ),
+    case(
+        "anthropic",
+        "mockhang",
+        "unverified",
+        "timeout",
+        Some("did not answer within the request timeout"),
+    ),
     case("openai", "mockreset", "unverified", "reset", Some("reset")),
-    case("anthropic", "mockreset", "unverified", "reset", Some("reset")),
+    case(
+        "anthropic",
+        "mockreset",
+        "unverified",
+        "reset",
+        Some("reset"),
+    ),
     case("openai", "mockslow", "active", "accepted", None),
 ];
 
 #[test]
 fn every_classification_row_end_to_end() {
-    let mut env = setup(&["byok.max_attempts = 2"], &["--slow-ms", "300", "--hang-seconds", "60"]);
+    let mut env = setup(
+        &["byok.max_attempts = 2"],
+        &["--slow-ms", "300", "--hang-seconds", "60"],
+    );
     let mut db = env.db();
     let mut ids = Vec::new();
     for (i, c) in CASES.iter().enumerate() {
@@ -62,21 +149,42 @@ fn every_classification_row_end_to_end() {
     let tls_key = env.key("anthropic", "", 101);
 
     // Breaker disabled here (it has its own test): every row is seen raw.
-    let sc = env.sidecar("classify", &[("--request-timeout", "2"), ("--breaker-workspaces", "1000"), ("--concurrency", "16")]);
+    let sc = env.sidecar(
+        "classify",
+        &[
+            ("--request-timeout", "2"),
+            ("--breaker-workspaces", "1000"),
+            ("--concurrency", "16"),
+        ],
+    );
     for (id, c) in ids.iter().zip(&CASES) {
         if let Some(expected) = c.first_error {
-            wait_until(&format!("{} {} first attempt recorded", c.vendor, c.marker), Duration::from_secs(30), || {
-                let r = db
+            wait_until(
+                &format!("{} {} first attempt recorded", c.vendor, c.marker),
+                Duration::from_secs(30),
+                || {
+                    let r = db
                     .query_opt("SELECT last_error FROM byok.jobs WHERE key_id = $1 AND lease_token IS NULL AND last_error IS NOT NULL", &[id])
                     .unwrap();
-                r.is_some_and(|r| {
-                    let e: String = r.get(0);
-                    assert!(e.contains(expected), "{} {}: last_error {e:?} lacks {expected:?}", c.vendor, c.marker);
-                    true
-                })
-            });
+                    r.is_some_and(|r| {
+                        let e: String = r.get(0);
+                        assert!(
+                            e.contains(expected),
+                            "{} {}: last_error {e:?} lacks {expected:?}",
+                            c.vendor,
+                            c.marker
+                        );
+                        true
+                    })
+                },
+            );
             let (s, _) = status(&mut db, *id);
-            assert!(s == "pending" || s == "unverified", "{} {}: {s} after a transient failure", c.vendor, c.marker);
+            assert!(
+                s == "pending" || s == "unverified",
+                "{} {}: {s} after a transient failure",
+                c.vendor,
+                c.marker
+            );
         }
     }
     wait_settled(&mut db, &ids, Duration::from_secs(90));
@@ -84,8 +192,20 @@ fn every_classification_row_end_to_end() {
         let (s, detail) = status(&mut db, *id);
         let detail = detail.unwrap_or_default();
         assert_eq!(s, c.status, "{} {:?}: {detail}", c.vendor, c.marker);
-        assert!(detail.contains(c.detail), "{} {:?}: detail {detail:?} lacks {:?}", c.vendor, c.marker, c.detail);
-        assert_eq!(verdicts(&mut db, *id), 1, "{} {:?} finished more than once", c.vendor, c.marker);
+        assert!(
+            detail.contains(c.detail),
+            "{} {:?}: detail {detail:?} lacks {:?}",
+            c.vendor,
+            c.marker,
+            c.detail
+        );
+        assert_eq!(
+            verdicts(&mut db, *id),
+            1,
+            "{} {:?} finished more than once",
+            c.vendor,
+            c.marker
+        );
         if c.marker == "mockcredit" || c.marker == "mockquota" {
             assert!(detail.starts_with("Warning"), "{detail}");
         }
@@ -100,8 +220,14 @@ fn every_classification_row_end_to_end() {
     let _sc = env.sidecar(
         "classify-net",
         &[
-            ("--openai-base-url", &format!("http://127.0.0.1:{closed_port}")),
-            ("--anthropic-base-url", &format!("https://{}", env.mock.addr)),
+            (
+                "--openai-base-url",
+                &format!("http://127.0.0.1:{closed_port}"),
+            ),
+            (
+                "--anthropic-base-url",
+                &format!("https://{}", env.mock.addr),
+            ),
             ("--breaker-workspaces", "1000"),
         ],
     );

@@ -17,25 +17,51 @@ use zeroize::Zeroizing;
 
 #[tokio::test]
 async fn probes_conform_to_the_vendor_specs() {
-    let (Ok(anthropic), Ok(openai)) = (std::env::var("BYOK_PRISM_ANTHROPIC"), std::env::var("BYOK_PRISM_OPENAI")) else {
+    let (Ok(anthropic), Ok(openai)) = (
+        std::env::var("BYOK_PRISM_ANTHROPIC"),
+        std::env::var("BYOK_PRISM_OPENAI"),
+    ) else {
         eprintln!("BYOK_PRISM_ANTHROPIC / BYOK_PRISM_OPENAI not set: skipped");
         return;
     };
     let keys = [
-        (Vendor::Anthropic, format!("sk-ant-api03-{}AA", "a".repeat(93))),
-        (Vendor::OpenAi, format!("sk-proj-{}T3BlbkFJ{}", "b".repeat(74), "c".repeat(74))),
+        (
+            Vendor::Anthropic,
+            format!("sk-ant-api03-{}AA", "a".repeat(93)),
+        ),
+        (
+            Vendor::OpenAi,
+            format!("sk-proj-{}T3BlbkFJ{}", "b".repeat(74), "c".repeat(74)),
+        ),
     ];
     for probe in [Probe::Completion, Probe::Models] {
-        let p = if probe == Probe::Completion { "completion" } else { "models" };
+        let p = if probe == Probe::Completion {
+            "completion"
+        } else {
+            "models"
+        };
         let cli = Cli::try_parse_from([
-            "byok-sidecar", "--anthropic-base-url", &anthropic, "--openai-base-url", &openai,
-            "--anthropic-probe", p, "--openai-probe", p,
+            "byok-sidecar",
+            "--anthropic-base-url",
+            &anthropic,
+            "--openai-base-url",
+            &openai,
+            "--anthropic-probe",
+            p,
+            "--openai-probe",
+            p,
         ])
         .unwrap();
         let prober = Prober::new(&cli.run, Duration::from_secs(20)).unwrap();
         for (vendor, key) in &keys {
             let r = prober.probe(*vendor, Zeroizing::new(key.clone())).await;
-            assert_eq!(r.verdict.outcome, Outcome::Valid, "{vendor} {p}: {:?} {:?}", r.http_status, r.verdict.detail);
+            assert_eq!(
+                r.verdict.outcome,
+                Outcome::Valid,
+                "{vendor} {p}: {:?} {:?}",
+                r.http_status,
+                r.verdict.detail
+            );
         }
     }
 }

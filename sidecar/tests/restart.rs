@@ -21,7 +21,13 @@ fn add_batch(env: &mut Env, n: u64, offset: u64) -> Vec<Uuid> {
 }
 
 fn settled_count(env: &Env, ids: &[Uuid]) -> i64 {
-    env.db().query_one("SELECT count(*) FROM byok.keys WHERE id = ANY($1) AND status <> 'pending'", &[&ids]).unwrap().get(0)
+    env.db()
+        .query_one(
+            "SELECT count(*) FROM byok.keys WHERE id = ANY($1) AND status <> 'pending'",
+            &[&ids],
+        )
+        .unwrap()
+        .get(0)
 }
 
 fn assert_all_once(env: &Env, ids: &[Uuid]) {
@@ -29,7 +35,11 @@ fn assert_all_once(env: &Env, ids: &[Uuid]) {
     wait_settled(&mut db, ids, Duration::from_secs(90));
     for id in ids {
         assert_eq!(status(&mut db, *id).0, "active", "key {id}");
-        assert_eq!(verdicts(&mut db, *id), 1, "key {id} finished more than once");
+        assert_eq!(
+            verdicts(&mut db, *id),
+            1,
+            "key {id} finished more than once"
+        );
     }
 }
 
@@ -38,13 +48,22 @@ fn survives_postgres_restart_and_terminated_backends() {
     let mut env = setup(&[], &["--slow-ms", "300"]);
     let first = add_batch(&mut env, 60, 0);
     let sc = env.sidecar("survivor", &[("--concurrency", "4")]);
-    wait_until("some keys validated", Duration::from_secs(30), || settled_count(&env, &first) >= 8);
+    wait_until("some keys validated", Duration::from_secs(30), || {
+        settled_count(&env, &first) >= 8
+    });
     env.cluster.restart();
-    assert!(settled_count(&env, &first) < 60, "the restart came too late to test anything");
+    assert!(
+        settled_count(&env, &first) < 60,
+        "the restart came too late to test anything"
+    );
     assert_all_once(&env, &first);
 
     let second = add_batch(&mut env, 30, 1000);
-    wait_until("some keys of the second batch validated", Duration::from_secs(30), || settled_count(&env, &second) >= 4);
+    wait_until(
+        "some keys of the second batch validated",
+        Duration::from_secs(30),
+        || settled_count(&env, &second) >= 4,
+    );
     let killed: i64 = env
         .db()
         .query_one("SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'sidecar') t", &[])
@@ -52,7 +71,11 @@ fn survives_postgres_restart_and_terminated_backends() {
         .get(0);
     assert_eq!(killed, 1, "the sidecar holds exactly one connection");
     assert_all_once(&env, &second);
-    assert!(sc.metric("byok_sidecar_db_reconnects_total") >= 2.0, "{}", sc.metrics_text());
+    assert!(
+        sc.metric("byok_sidecar_db_reconnects_total") >= 2.0,
+        "{}",
+        sc.metrics_text()
+    );
     assert_eq!(sc.metric("byok_sidecar_db_connected"), 1.0);
     env.mock.assert_no_malformed();
     env.assert_no_key_in_logs();

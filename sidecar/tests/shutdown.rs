@@ -20,13 +20,23 @@ fn sigterm_finishes_in_flight_jobs_within_the_grace_period() {
     }
     let mut sc = env.sidecar("graceful", &[("--grace-period", "10")]);
     wait_until("jobs in flight", Duration::from_secs(20), || {
-        let n: i64 = db.query_one("SELECT count(*) FROM byok.jobs WHERE leased_by = 'graceful'", &[]).unwrap().get(0);
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM byok.jobs WHERE leased_by = 'graceful'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
         n == 6
     });
     let status_code = sc.terminate(Duration::from_secs(10));
     assert!(status_code.success(), "exit status {status_code:?}");
     for id in &ids {
-        assert_eq!(status(&mut db, *id).0, "active", "an in-flight job was not finished before exit");
+        assert_eq!(
+            status(&mut db, *id).0,
+            "active",
+            "an in-flight job was not finished before exit"
+        );
     }
     // Stopped means stopped: a new key is not validated by it.
     let late = env.key("openai", "", 99);
@@ -45,10 +55,20 @@ fn sigterm_hands_back_what_the_grace_period_cannot_finish() {
         let key = env.key("anthropic", "mockhang", i);
         ids.push(add_key(&mut db, Uuid::new_v4(), "anthropic", &key));
     }
-    let flags = [("--grace-period", "1"), ("--request-timeout", "30"), ("--lease-seconds", "60")];
+    let flags = [
+        ("--grace-period", "1"),
+        ("--request-timeout", "30"),
+        ("--lease-seconds", "60"),
+    ];
     let mut sc = env.sidecar("impatient", &flags);
     wait_until("jobs in flight", Duration::from_secs(20), || {
-        let n: i64 = db.query_one("SELECT count(*) FROM byok.jobs WHERE leased_by = 'impatient'", &[]).unwrap().get(0);
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM byok.jobs WHERE leased_by = 'impatient'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
         n == 4
     });
     std::thread::sleep(Duration::from_millis(300));
@@ -59,9 +79,16 @@ fn sigterm_hands_back_what_the_grace_period_cannot_finish() {
         .unwrap();
     assert_eq!(rows.len(), 4, "every job is still queued");
     for r in rows {
-        assert_eq!(r.get::<_, i32>(0), 0, "a handed-back job kept its spent attempt");
+        assert_eq!(
+            r.get::<_, i32>(0),
+            0,
+            "a handed-back job kept its spent attempt"
+        );
         assert!(r.get::<_, bool>(1), "a handed-back job is still leased");
-        assert!(r.get::<_, bool>(2), "a handed-back job is not claimable at once");
+        assert!(
+            r.get::<_, bool>(2),
+            "a handed-back job is not claimable at once"
+        );
     }
     for id in &ids {
         assert_eq!(status(&mut db, *id).0, "pending");

@@ -24,7 +24,10 @@ const MAX_DEPTH: usize = 32;
 impl Json {
     /// Parses a whole document; `None` on any syntax error or trailing junk.
     pub(crate) fn parse(text: &str) -> Option<Json> {
-        let mut p = Parser { s: text.as_bytes(), i: 0 };
+        let mut p = Parser {
+            s: text.as_bytes(),
+            i: 0,
+        };
         let v = p.value(0)?;
         p.ws();
         (p.i == p.s.len()).then_some(v)
@@ -60,7 +63,9 @@ impl Parser<'_> {
     }
 
     fn eat(&mut self, lit: &[u8]) -> Option<()> {
-        self.s[self.i..].starts_with(lit).then(|| self.i += lit.len())
+        self.s[self.i..]
+            .starts_with(lit)
+            .then(|| self.i += lit.len())
     }
 
     fn value(&mut self, depth: usize) -> Option<Json> {
@@ -123,7 +128,10 @@ impl Parser<'_> {
 
     fn number(&mut self) -> Option<Json> {
         let start = self.i;
-        while matches!(self.s.get(self.i), Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')) {
+        while matches!(
+            self.s.get(self.i),
+            Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+        ) {
             self.i += 1;
         }
         let text = std::str::from_utf8(&self.s[start..self.i]).ok()?;
@@ -196,20 +204,35 @@ mod tests {
         let body = r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"},"request_id":"req_1"}"#;
         let v = Json::parse(body).unwrap();
         let e = v.get("error").unwrap();
-        assert_eq!(e.get("type").unwrap().as_str(), Some("authentication_error"));
+        assert_eq!(
+            e.get("type").unwrap().as_str(),
+            Some("authentication_error")
+        );
         assert_eq!(v.get("request_id").unwrap().as_str(), Some("req_1"));
     }
 
     #[test]
     fn reads_escapes_numbers_arrays_and_null() {
-        let v = Json::parse(r#" { "a" : [1, -2.5e3, true, false, null], "b": "x\"\u00e9\ud83d\ude00\n" } "#).unwrap();
+        let v = Json::parse(
+            r#" { "a" : [1, -2.5e3, true, false, null], "b": "x\"\u00e9\ud83d\ude00\n" } "#,
+        )
+        .unwrap();
         assert_eq!(v.get("b").unwrap().as_str(), Some("x\"é😀\n"));
         assert!(matches!(v.get("a"), Some(Json::Arr(items)) if items.len() == 5));
     }
 
     #[test]
     fn refuses_junk_and_deep_nesting() {
-        for bad in ["", "{", "{\"a\":}", "[1,]", "{\"a\":1} x", "\"\u{1}\"", "nul", "{'a':1}"] {
+        for bad in [
+            "",
+            "{",
+            "{\"a\":}",
+            "[1,]",
+            "{\"a\":1} x",
+            "\"\u{1}\"",
+            "nul",
+            "{'a':1}",
+        ] {
             assert_eq!(Json::parse(bad), None, "{bad:?}");
         }
         let deep = "[".repeat(100) + &"]".repeat(100);

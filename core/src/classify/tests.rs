@@ -6,7 +6,9 @@ const A: Vendor = Vendor::Anthropic;
 const O: Vendor = Vendor::OpenAi;
 
 fn anthropic_error(kind: &str, message: &str) -> String {
-    format!(r#"{{"type":"error","error":{{"type":"{kind}","message":"{message}"}},"request_id":"req_011"}}"#)
+    format!(
+        r#"{{"type":"error","error":{{"type":"{kind}","message":"{message}"}},"request_id":"req_011"}}"#
+    )
 }
 
 fn openai_error(kind: &str, code: &str, message: &str) -> String {
@@ -24,33 +26,98 @@ fn row_2xx_is_valid() {
 
 #[test]
 fn row_401_is_invalid_with_actionable_detail() {
-    let a = classify_response(A, 401, &[("request-id", "req_x")], &anthropic_error("authentication_error", "invalid x-api-key"));
+    let a = classify_response(
+        A,
+        401,
+        &[("request-id", "req_x")],
+        &anthropic_error("authentication_error", "invalid x-api-key"),
+    );
     assert_eq!(a.outcome, Outcome::Invalid);
-    assert!(a.detail.contains("401") && a.detail.contains("rotated or revoked"), "{}", a.detail);
+    assert!(
+        a.detail.contains("401") && a.detail.contains("rotated or revoked"),
+        "{}",
+        a.detail
+    );
     assert!(a.detail.contains("generate a fresh one"));
     assert!(a.detail.contains("req_x"));
-    let o = classify_response(O, 401, &[], &openai_error("invalid_request_error", "invalid_api_key", "Incorrect API key provided"));
+    let o = classify_response(
+        O,
+        401,
+        &[],
+        &openai_error(
+            "invalid_request_error",
+            "invalid_api_key",
+            "Incorrect API key provided",
+        ),
+    );
     assert_eq!(o.outcome, Outcome::Invalid);
     assert!(o.detail.contains("invalid_api_key"), "{}", o.detail);
 }
 
 #[test]
 fn openai_401_variants_say_why() {
-    let scopes = classify_response(O, 401, &[], &openai_error("invalid_request_error", "", "You have insufficient permissions for this operation. Missing scopes: model.request."));
+    let scopes = classify_response(
+        O,
+        401,
+        &[],
+        &openai_error(
+            "invalid_request_error",
+            "",
+            "You have insufficient permissions for this operation. Missing scopes: model.request.",
+        ),
+    );
     assert_eq!(scopes.outcome, Outcome::Invalid);
-    assert!(scopes.detail.contains("restricted key"), "{}", scopes.detail);
-    let org = classify_response(O, 401, &[], &openai_error("invalid_request_error", "no_organization", "You must be a member of an organization to use the API."));
+    assert!(
+        scopes.detail.contains("restricted key"),
+        "{}",
+        scopes.detail
+    );
+    let org = classify_response(
+        O,
+        401,
+        &[],
+        &openai_error(
+            "invalid_request_error",
+            "no_organization",
+            "You must be a member of an organization to use the API.",
+        ),
+    );
     assert!(org.detail.contains("organization"), "{}", org.detail);
 }
 
 #[test]
 fn row_403_is_invalid_and_says_why() {
-    let a = classify_response(A, 403, &[], &anthropic_error("permission_error", "Your API key does not have permission to use the specified resource."));
+    let a = classify_response(
+        A,
+        403,
+        &[],
+        &anthropic_error(
+            "permission_error",
+            "Your API key does not have permission to use the specified resource.",
+        ),
+    );
     assert_eq!(a.outcome, Outcome::Invalid);
-    assert!(a.detail.contains("permission_error") && a.detail.contains("not allowed"), "{}", a.detail);
-    let o = classify_response(O, 403, &[], &openai_error("request_forbidden", "unsupported_country_region_territory", "Country, region, or territory not supported"));
+    assert!(
+        a.detail.contains("permission_error") && a.detail.contains("not allowed"),
+        "{}",
+        a.detail
+    );
+    let o = classify_response(
+        O,
+        403,
+        &[],
+        &openai_error(
+            "request_forbidden",
+            "unsupported_country_region_territory",
+            "Country, region, or territory not supported",
+        ),
+    );
     assert_eq!(o.outcome, Outcome::Invalid);
-    assert!(o.detail.contains("country, region or territory"), "{}", o.detail);
+    assert!(
+        o.detail.contains("country, region or territory"),
+        "{}",
+        o.detail
+    );
 }
 
 #[test]
@@ -59,12 +126,20 @@ fn row_anthropic_low_credit_is_valid_with_warning() {
     let got = classify_response(A, 400, &[], &body);
     assert_eq!(got.outcome, Outcome::Valid);
     assert!(got.warning && !got.vendor_fault);
-    assert!(got.detail.starts_with("Warning") && got.detail.contains("credit"), "{}", got.detail);
+    assert!(
+        got.detail.starts_with("Warning") && got.detail.contains("credit"),
+        "{}",
+        got.detail
+    );
 }
 
 #[test]
 fn row_openai_insufficient_quota_is_valid_with_warning() {
-    let body = openai_error("insufficient_quota", "insufficient_quota", "You exceeded your current quota, please check your plan and billing details.");
+    let body = openai_error(
+        "insufficient_quota",
+        "insufficient_quota",
+        "You exceeded your current quota, please check your plan and billing details.",
+    );
     let got = classify_response(O, 429, &[("retry-after", "20")], &body);
     assert_eq!(got.outcome, Outcome::Valid);
     assert!(got.warning);
@@ -74,14 +149,50 @@ fn row_openai_insufficient_quota_is_valid_with_warning() {
 
 #[test]
 fn row_429_rate_limit_retries_after_retry_after() {
-    let a = classify_response(A, 429, &[("Retry-After", "7")], &anthropic_error("rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit"));
-    assert_eq!((a.outcome, a.retry_after_seconds, a.vendor_fault), (Outcome::Retry, Some(7), false));
-    let o = classify_response(O, 429, &[("retry-after", "1.2")], &openai_error("requests", "rate_limit_exceeded", "Rate limit reached for requests"));
-    assert_eq!((o.outcome, o.retry_after_seconds), (Outcome::Retry, Some(2)));
-    let ms = classify_response(O, 429, &[("retry-after-ms", "2500"), ("retry-after", "9")], "");
+    let a = classify_response(
+        A,
+        429,
+        &[("Retry-After", "7")],
+        &anthropic_error(
+            "rate_limit_error",
+            "Number of request tokens has exceeded your per-minute rate limit",
+        ),
+    );
+    assert_eq!(
+        (a.outcome, a.retry_after_seconds, a.vendor_fault),
+        (Outcome::Retry, Some(7), false)
+    );
+    let o = classify_response(
+        O,
+        429,
+        &[("retry-after", "1.2")],
+        &openai_error(
+            "requests",
+            "rate_limit_exceeded",
+            "Rate limit reached for requests",
+        ),
+    );
+    assert_eq!(
+        (o.outcome, o.retry_after_seconds),
+        (Outcome::Retry, Some(2))
+    );
+    let ms = classify_response(
+        O,
+        429,
+        &[("retry-after-ms", "2500"), ("retry-after", "9")],
+        "",
+    );
     assert_eq!(ms.retry_after_seconds, Some(3));
-    let none = classify_response(O, 429, &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")], "");
-    assert_eq!((none.outcome, none.retry_after_seconds), (Outcome::Retry, None));
+    let none = classify_response(
+        O,
+        429,
+        &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")],
+        "",
+    );
+    assert_eq!(
+        (none.outcome, none.retry_after_seconds),
+        (Outcome::Retry, None)
+    );
     let huge = classify_response(A, 429, &[("retry-after", "99999999")], "");
     assert_eq!(huge.retry_after_seconds, Some(3600));
 }
@@ -89,17 +200,34 @@ fn row_429_rate_limit_retries_after_retry_after() {
 #[test]
 fn anthropic_429_insufficient_quota_shape_is_still_a_rate_limit() {
     // The quota rule is OpenAI's; Anthropic signals low credit with a 400.
-    let got = classify_response(A, 429, &[], &openai_error("insufficient_quota", "insufficient_quota", "x"));
+    let got = classify_response(
+        A,
+        429,
+        &[],
+        &openai_error("insufficient_quota", "insufficient_quota", "x"),
+    );
     assert_eq!(got.outcome, Outcome::Retry);
 }
 
 #[test]
 fn row_5xx_and_529_retry_as_vendor_fault() {
     for (v, status, body) in [
-        (A, 500, anthropic_error("api_error", "Internal server error")),
-        (A, 504, anthropic_error("timeout_error", "Request timed out")),
+        (
+            A,
+            500,
+            anthropic_error("api_error", "Internal server error"),
+        ),
+        (
+            A,
+            504,
+            anthropic_error("timeout_error", "Request timed out"),
+        ),
         (A, 529, anthropic_error("overloaded_error", "Overloaded")),
-        (O, 500, openai_error("server_error", "", "The server had an error")),
+        (
+            O,
+            500,
+            openai_error("server_error", "", "The server had an error"),
+        ),
         (O, 503, "<html>Service Unavailable</html>".to_owned()),
         (O, 502, String::new()),
         (O, 408, String::new()),
@@ -114,7 +242,13 @@ fn row_5xx_and_529_retry_as_vendor_fault() {
 
 #[test]
 fn row_transport_failures_retry_as_vendor_fault() {
-    for e in [TransportError::Timeout, TransportError::Connect, TransportError::Tls, TransportError::Reset, TransportError::Other] {
+    for e in [
+        TransportError::Timeout,
+        TransportError::Connect,
+        TransportError::Tls,
+        TransportError::Reset,
+        TransportError::Other,
+    ] {
         for v in [A, O] {
             let got = classify_transport(v, e);
             assert_eq!(got.outcome, Outcome::Retry);
@@ -122,14 +256,31 @@ fn row_transport_failures_retry_as_vendor_fault() {
             assert!(got.detail.contains(v.display_name()), "{}", got.detail);
         }
     }
-    assert!(classify_transport(A, TransportError::Timeout).detail.contains("timeout"));
-    assert!(classify_transport(O, TransportError::Tls).detail.contains("TLS"));
+    assert!(classify_transport(A, TransportError::Timeout)
+        .detail
+        .contains("timeout"));
+    assert!(classify_transport(O, TransportError::Tls)
+        .detail
+        .contains("TLS"));
 }
 
 #[test]
 fn probe_refused_is_retried_without_judging_the_key() {
-    for (v, status) in [(A, 400), (A, 404), (O, 404), (O, 422), (O, 400), (A, 413), (A, 302)] {
-        let got = classify_response(v, status, &[], &anthropic_error("not_found_error", "model: claude-nope"));
+    for (v, status) in [
+        (A, 400),
+        (A, 404),
+        (O, 404),
+        (O, 422),
+        (O, 400),
+        (A, 413),
+        (A, 302),
+    ] {
+        let got = classify_response(
+            v,
+            status,
+            &[],
+            &anthropic_error("not_found_error", "model: claude-nope"),
+        );
         assert_eq!(got.outcome, Outcome::Retry, "{status}");
         assert!(!got.vendor_fault && !got.warning);
         assert!(got.detail.contains("probe settings"), "{}", got.detail);
@@ -139,7 +290,11 @@ fn probe_refused_is_retried_without_judging_the_key() {
 #[test]
 fn echoed_keys_never_reach_the_detail() {
     let key = format!("sk-proj-{}T3BlbkFJ{}", "a".repeat(74), "b".repeat(74));
-    let body = openai_error("invalid_request_error", "invalid_api_key", &format!("Incorrect API key provided: {key}."));
+    let body = openai_error(
+        "invalid_request_error",
+        "invalid_api_key",
+        &format!("Incorrect API key provided: {key}."),
+    );
     let got = classify_response(O, 401, &[], &body);
     assert!(!got.detail.contains("aaaaaaaaaa"), "{}", got.detail);
     assert!(got.detail.contains("…bbbb"), "{}", got.detail);
@@ -159,9 +314,15 @@ fn long_messages_are_bounded() {
 #[test]
 fn prism_style_problem_json_still_classifies_by_status() {
     let body = r#"{"type":"https://stoplight.io/prism/errors#UNAUTHORIZED","title":"Invalid security scheme used","status":401,"detail":""}"#;
-    assert_eq!(classify_response(O, 401, &[], body).outcome, Outcome::Invalid);
+    assert_eq!(
+        classify_response(O, 401, &[], body).outcome,
+        Outcome::Invalid
+    );
     let p429 = r#"{"error":{"code":"string","message":"string","param":"string","type":"string"}}"#;
-    assert_eq!(classify_response(O, 429, &[("Retry-After", "1")], p429).outcome, Outcome::Retry);
+    assert_eq!(
+        classify_response(O, 429, &[("Retry-After", "1")], p429).outcome,
+        Outcome::Retry
+    );
 }
 
 #[test]

@@ -17,8 +17,22 @@ use super::{gate, request_id, Gate, KillSwitch, MockState};
 const V: Vendor = Vendor::Anthropic;
 const VERSIONS: [&str; 2] = ["2023-06-01", "2023-01-01"];
 const FIELDS: [&str; 16] = [
-    "model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream", "temperature",
-    "top_k", "top_p", "tools", "tool_choice", "thinking", "service_tier", "container", "mcp_servers",
+    "model",
+    "messages",
+    "max_tokens",
+    "system",
+    "metadata",
+    "stop_sequences",
+    "stream",
+    "temperature",
+    "top_k",
+    "top_p",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "service_tier",
+    "container",
+    "mcp_servers",
 ];
 
 pub(super) fn error_body(kind: &str, message: &str, request_id: &str) -> Value {
@@ -28,33 +42,74 @@ pub(super) fn error_body(kind: &str, message: &str, request_id: &str) -> Value {
 fn error(status: u16, kind: &str, message: &str, rid: &str) -> Response {
     let mut resp = super::json(status, "request-id", rid, error_body(kind, message, rid));
     if status == 429 {
-        resp.headers_mut().insert("retry-after", "2".parse().unwrap());
+        resp.headers_mut()
+            .insert("retry-after", "2".parse().unwrap());
     }
     resp
 }
 
 /// Header checks shared by both routes; `Err` is the refusal to send.
-fn check_headers<'h>(state: &MockState, headers: &'h HeaderMap, rid: &str, post: bool) -> Result<&'h str, Response> {
+fn check_headers<'h>(
+    state: &MockState,
+    headers: &'h HeaderMap,
+    rid: &str,
+    post: bool,
+) -> Result<&'h str, Response> {
     let refuse = |reason: &str, status, kind, message: &str| {
         state.malformed(V, reason);
         Err(error(status, kind, message, rid))
     };
-    match headers.get("anthropic-version").and_then(|v| v.to_str().ok()) {
-        None => return refuse("no anthropic-version header", 400, "invalid_request_error", "anthropic-version: header is required"),
+    match headers
+        .get("anthropic-version")
+        .and_then(|v| v.to_str().ok())
+    {
+        None => {
+            return refuse(
+                "no anthropic-version header",
+                400,
+                "invalid_request_error",
+                "anthropic-version: header is required",
+            )
+        }
         Some(v) if !VERSIONS.contains(&v) => {
-            return refuse("unknown anthropic-version", 400, "invalid_request_error", "anthropic-version: invalid version")
+            return refuse(
+                "unknown anthropic-version",
+                400,
+                "invalid_request_error",
+                "anthropic-version: invalid version",
+            )
         }
         _ => {}
     }
-    if post && !headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json")) {
-        return refuse("content-type is not application/json", 400, "invalid_request_error", "Request body must be JSON (content-type: application/json)");
+    if post
+        && !headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"))
+    {
+        return refuse(
+            "content-type is not application/json",
+            400,
+            "invalid_request_error",
+            "Request body must be JSON (content-type: application/json)",
+        );
     }
     if headers.contains_key("authorization") && !headers.contains_key("x-api-key") {
-        return refuse("Authorization header instead of x-api-key", 401, "authentication_error", "x-api-key header is required");
+        return refuse(
+            "Authorization header instead of x-api-key",
+            401,
+            "authentication_error",
+            "x-api-key header is required",
+        );
     }
     match headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         Some(k) if !k.is_empty() => Ok(k),
-        _ => refuse("no x-api-key header", 401, "authentication_error", "x-api-key header is required"),
+        _ => refuse(
+            "no x-api-key header",
+            401,
+            "authentication_error",
+            "x-api-key header is required",
+        ),
     }
 }
 
@@ -72,22 +127,36 @@ fn check_body(body: &[u8]) -> Result<(), String> {
     }
     match obj.get("max_tokens") {
         Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => {}
-        Some(_) => return Err("max_tokens: Input should be an integer greater than or equal to 1".into()),
+        Some(_) => {
+            return Err("max_tokens: Input should be an integer greater than or equal to 1".into())
+        }
         None => return Err("max_tokens: Field required".into()),
     }
-    let messages = obj.get("messages").ok_or("messages: Field required")?.as_array().ok_or("messages: Input should be a valid list")?;
+    let messages = obj
+        .get("messages")
+        .ok_or("messages: Field required")?
+        .as_array()
+        .ok_or("messages: Input should be a valid list")?;
     if messages.is_empty() {
         return Err("messages: at least one message is required".into());
     }
     for (i, m) in messages.iter().enumerate() {
         match m.get("role").and_then(Value::as_str) {
             Some("user" | "assistant") => {}
-            _ => return Err(format!("messages.{i}.role: Input should be 'user' or 'assistant'")),
+            _ => {
+                return Err(format!(
+                    "messages.{i}.role: Input should be 'user' or 'assistant'"
+                ))
+            }
         }
         match m.get("content") {
             Some(Value::String(s)) if !s.is_empty() => {}
             Some(Value::Array(a)) if !a.is_empty() => {}
-            _ => return Err(format!("messages.{i}.content: Field required (non-empty string or list of blocks)")),
+            _ => {
+                return Err(format!(
+                    "messages.{i}.content: Field required (non-empty string or list of blocks)"
+                ))
+            }
         }
     }
     if messages[0]["role"] != "user" {
@@ -97,7 +166,13 @@ fn check_body(body: &[u8]) -> Result<(), String> {
 }
 
 /// The answer for a key whose behaviour is not handled by the shared gate.
-fn judged(key: &str, b: Behaviour, completion: bool, rid: &str, ok: impl FnOnce() -> Value) -> Response {
+fn judged(
+    key: &str,
+    b: Behaviour,
+    completion: bool,
+    rid: &str,
+    ok: impl FnOnce() -> Value,
+) -> Response {
     match b {
         Behaviour::Unauthorized => error(401, "authentication_error", "invalid x-api-key", rid),
         Behaviour::EchoKey => error(401, "authentication_error", &format!("invalid x-api-key: {key}"), rid),
@@ -136,11 +211,21 @@ pub(super) async fn models(
         Ok(k) => k,
         Err(r) => return r,
     };
-    for pair in query.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if name == "limit" && !value.parse::<u32>().is_ok_and(|n| (1..=1000).contains(&n)) {
             state.malformed(V, "limit out of range");
-            return error(400, "invalid_request_error", "limit: Input should be between 1 and 1000", &rid);
+            return error(
+                400,
+                "invalid_request_error",
+                "limit: Input should be between 1 and 1000",
+                &rid,
+            );
         }
     }
     if !key_shaped(V, key) {
@@ -174,7 +259,10 @@ pub(super) async fn messages(
     if !key_shaped(V, key) {
         return error(401, "authentication_error", "invalid x-api-key", &rid);
     }
-    let model = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["model"].as_str().map(str::to_owned)).unwrap_or_default();
+    let model = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["model"].as_str().map(str::to_owned))
+        .unwrap_or_default();
     match gate(&state, &kill, V, behaviour(key)).await {
         Gate::Outage(s) => outage(s, &rid),
         Gate::Go(b) => judged(key, b, true, &rid, || {

@@ -28,15 +28,27 @@ pub struct Stats {
 
 impl Stats {
     pub(super) fn count(&mut self, vendor: Vendor, behaviour: &str) {
-        *self.requests.entry(vendor.as_str().to_owned()).or_default().entry(behaviour.to_owned()).or_default() += 1;
+        *self
+            .requests
+            .entry(vendor.as_str().to_owned())
+            .or_default()
+            .entry(behaviour.to_owned())
+            .or_default() += 1;
     }
 
     pub(super) fn malformed(&mut self, vendor: Vendor, reason: &str) {
-        *self.malformed.entry(vendor.as_str().to_owned()).or_default() += 1;
+        *self
+            .malformed
+            .entry(vendor.as_str().to_owned())
+            .or_default() += 1;
         if self.malformed_reasons.len() == KEEP_REASONS {
             self.malformed_reasons.remove(0);
         }
-        self.malformed_reasons.push(format!("{}: {}", vendor.as_str(), byok_core::redact::redact(reason)));
+        self.malformed_reasons.push(format!(
+            "{}: {}",
+            vendor.as_str(),
+            byok_core::redact::redact(reason)
+        ));
     }
 
     /// Requests that reached the vendor logic, for one vendor.
@@ -57,15 +69,32 @@ pub(super) async fn outage(State(state): State<MockState>, Json(o): Json<Outage>
     let Ok(vendor) = Vendor::parse(&o.vendor) else {
         return (StatusCode::BAD_REQUEST, "unknown vendor\n").into_response();
     };
-    if !(100..=599).contains(&o.status) || !o.seconds.is_finite() || o.seconds < 0.0 || o.seconds > 86_400.0 {
-        return (StatusCode::BAD_REQUEST, "status must be 100-599 and seconds 0-86400\n").into_response();
+    if !(100..=599).contains(&o.status)
+        || !o.seconds.is_finite()
+        || o.seconds < 0.0
+        || o.seconds > 86_400.0
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            "status must be 100-599 and seconds 0-86400\n",
+        )
+            .into_response();
     }
     let mut outages = state.0.outages.lock().unwrap();
     outages.retain(|(v, _, _)| *v != vendor);
     if o.seconds > 0.0 {
-        outages.push((vendor, o.status, Instant::now() + Duration::from_secs_f64(o.seconds)));
+        outages.push((
+            vendor,
+            o.status,
+            Instant::now() + Duration::from_secs_f64(o.seconds),
+        ));
     }
-    tracing::info!(vendor = vendor.as_str(), status = o.status, seconds = o.seconds, "outage scripted");
+    tracing::info!(
+        vendor = vendor.as_str(),
+        status = o.status,
+        seconds = o.seconds,
+        "outage scripted"
+    );
     (StatusCode::OK, "ok\n").into_response()
 }
 
@@ -84,9 +113,19 @@ pub(super) async fn not_found(uri: Uri) -> Response {
     let path = uri.path().to_owned();
     if path.starts_with("/openai/") {
         let msg = format!("Invalid URL ({})", path.trim_start_matches("/openai"));
-        super::json(404, "x-request-id", &super::request_id("req_"), super::openai::error_body(&msg, "invalid_request_error", None))
+        super::json(
+            404,
+            "x-request-id",
+            &super::request_id("req_"),
+            super::openai::error_body(&msg, "invalid_request_error", None),
+        )
     } else {
         let rid = super::request_id("req_");
-        super::json(404, "request-id", &rid, super::anthropic::error_body("not_found_error", "Not found", &rid))
+        super::json(
+            404,
+            "request-id",
+            &rid,
+            super::anthropic::error_body("not_found_error", "Not found", &rid),
+        )
     }
 }

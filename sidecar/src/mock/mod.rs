@@ -71,14 +71,22 @@ struct Shared {
 
 impl MockState {
     pub fn new(slow: Duration, hang: Duration) -> MockState {
-        MockState(Arc::new(Shared { slow, hang, outages: Mutex::default(), stats: Mutex::default() }))
+        MockState(Arc::new(Shared {
+            slow,
+            hang,
+            outages: Mutex::default(),
+            stats: Mutex::default(),
+        }))
     }
 
     fn outage(&self, vendor: Vendor) -> Option<u16> {
         let now = Instant::now();
         let mut outages = self.0.outages.lock().unwrap();
         outages.retain(|(_, _, until)| *until > now);
-        outages.iter().find(|(v, _, _)| *v == vendor).map(|(_, s, _)| *s)
+        outages
+            .iter()
+            .find(|(v, _, _)| *v == vendor)
+            .map(|(_, s, _)| *s)
     }
 
     fn count(&self, vendor: Vendor, behaviour: &'static str) {
@@ -86,7 +94,11 @@ impl MockState {
     }
 
     fn malformed(&self, vendor: Vendor, reason: &str) {
-        tracing::warn!(vendor = vendor.as_str(), reason, "malformed request refused");
+        tracing::warn!(
+            vendor = vendor.as_str(),
+            reason,
+            "malformed request refused"
+        );
         self.0.stats.lock().unwrap().malformed(vendor, reason);
     }
 }
@@ -124,11 +136,19 @@ async fn gate(state: &MockState, kill: &KillSwitch, vendor: Vendor, behaviour: B
 }
 
 fn behaviour_name(b: Behaviour) -> &'static str {
-    rules::MARKERS.iter().find(|(_, m)| *m == b).map_or("valid", |(name, _)| name)
+    rules::MARKERS
+        .iter()
+        .find(|(_, m)| *m == b)
+        .map_or("valid", |(name, _)| name)
 }
 
 /// A JSON answer with the vendor's request-id header.
-fn json(status: u16, id_header: &'static str, request_id: &str, body: serde_json::Value) -> Response {
+fn json(
+    status: u16,
+    id_header: &'static str,
+    request_id: &str,
+    body: serde_json::Value,
+) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = (status, axum::Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(request_id) {
@@ -178,14 +198,25 @@ impl Drop for MockHandle {
 }
 
 /// Binds `addr` (loopback only) and serves in the background.
-pub async fn start(addr: SocketAddr, slow: Duration, hang: Duration) -> std::io::Result<MockHandle> {
+pub async fn start(
+    addr: SocketAddr,
+    slow: Duration,
+    hang: Duration,
+) -> std::io::Result<MockHandle> {
     if !addr.ip().is_loopback() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "the mock vendor listens on loopback only"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the mock vendor listens on loopback only",
+        ));
     }
     let listener = TcpListener::bind(addr).await?;
     let state = MockState::new(slow, hang);
     let stop = CancellationToken::new();
-    let handle = MockHandle { addr: listener.local_addr()?, state: state.clone(), stop: stop.clone() };
+    let handle = MockHandle {
+        addr: listener.local_addr()?,
+        state: state.clone(),
+        stop: stop.clone(),
+    };
     tokio::spawn(accept_loop(listener, router(state), stop));
     Ok(handle)
 }
@@ -208,8 +239,11 @@ async fn accept_loop(listener: TcpListener, app: Router, stop: CancellationToken
             let _ = stream.set_nodelay(true);
             let Ok(std) = stream.into_std() else { return };
             let Ok(twin) = std.try_clone() else { return };
-            let Ok(stream) = tokio::net::TcpStream::from_std(std) else { return };
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let Ok(stream) = tokio::net::TcpStream::from_std(std) else {
+                return;
+            };
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = conn => {}
                 _ = stop.cancelled() => {}
@@ -225,9 +259,13 @@ async fn accept_loop(listener: TcpListener, app: Router, stop: CancellationToken
 
 /// Runs the mock until SIGINT/SIGTERM.
 pub async fn run(args: MockArgs) -> Result<(), String> {
-    let handle = start(args.listen, Duration::from_millis(args.slow_ms), Duration::from_secs(args.hang_seconds))
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let handle = start(
+        args.listen,
+        Duration::from_millis(args.slow_ms),
+        Duration::from_secs(args.hang_seconds),
+    )
+    .await
+    .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     println!("mock-vendor listening on http://{}", handle.addr);
     tracing::info!(
         anthropic = %handle.anthropic_base(),

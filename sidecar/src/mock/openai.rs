@@ -15,7 +15,14 @@ use super::rules::{behaviour, key_shaped, Behaviour};
 use super::{gate, request_id, Gate, KillSwitch, MockState};
 
 const V: Vendor = Vendor::OpenAi;
-const ROLES: [&str; 6] = ["system", "developer", "user", "assistant", "tool", "function"];
+const ROLES: [&str; 6] = [
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 
 pub(super) fn error_body(message: &str, kind: &str, code: Option<&str>) -> Value {
     error_body_param(message, kind, None, code)
@@ -28,19 +35,27 @@ fn error_body_param(message: &str, kind: &str, param: Option<&str>, code: Option
 fn error(status: u16, message: &str, kind: &str, code: Option<&str>, rid: &str) -> Response {
     let mut resp = super::json(status, "x-request-id", rid, error_body(message, kind, code));
     if status == 429 && code != Some("insufficient_quota") {
-        resp.headers_mut().insert("retry-after", "2".parse().unwrap());
+        resp.headers_mut()
+            .insert("retry-after", "2".parse().unwrap());
     }
     resp
 }
 
 /// OpenAI's own masking in its 401 message: `sk-proj-****` + last 4.
 fn openai_mask(key: &str) -> String {
-    let prefix = ["sk-proj-", "sk-svcacct-", "sk-"].into_iter().find(|p| key.starts_with(p)).unwrap_or("");
+    let prefix = ["sk-proj-", "sk-svcacct-", "sk-"]
+        .into_iter()
+        .find(|p| key.starts_with(p))
+        .unwrap_or("");
     let tail = &key[key.len().saturating_sub(4)..];
     format!("{prefix}********{tail}")
 }
 
-fn check_auth<'h>(state: &MockState, headers: &'h HeaderMap, rid: &str) -> Result<&'h str, Response> {
+fn check_auth<'h>(
+    state: &MockState,
+    headers: &'h HeaderMap,
+    rid: &str,
+) -> Result<&'h str, Response> {
     let value = headers.get("authorization").and_then(|v| v.to_str().ok());
     match value.and_then(|v| v.strip_prefix("Bearer ")) {
         Some(k) if !k.trim().is_empty() => Ok(k.trim()),
@@ -59,41 +74,93 @@ fn check_auth<'h>(state: &MockState, headers: &'h HeaderMap, rid: &str) -> Resul
 
 /// Validates a chat completion body; `Err` is (message, param, code).
 fn check_body(headers: &HeaderMap, body: &[u8]) -> Result<(), (String, Option<&'static str>)> {
-    if !headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json")) {
-        return Err(("Invalid content type. Expected application/json.".into(), None));
+    if !headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+    {
+        return Err((
+            "Invalid content type. Expected application/json.".into(),
+            None,
+        ));
     }
-    let v: Value = serde_json::from_slice(body).map_err(|_| ("We could not parse the JSON body of your request.".to_owned(), None))?;
-    let obj = v.as_object().ok_or(("The request body must be a JSON object.".to_owned(), None))?;
-    if obj.get("model").and_then(Value::as_str).is_none_or(str::is_empty) {
+    let v: Value = serde_json::from_slice(body).map_err(|_| {
+        (
+            "We could not parse the JSON body of your request.".to_owned(),
+            None,
+        )
+    })?;
+    let obj = v
+        .as_object()
+        .ok_or(("The request body must be a JSON object.".to_owned(), None))?;
+    if obj
+        .get("model")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
         return Err(("you must provide a model parameter".into(), Some("model")));
     }
     let messages = match obj.get("messages") {
         Some(Value::Array(a)) => a,
-        Some(_) => return Err(("Invalid type for 'messages': expected an array.".into(), Some("messages"))),
-        None => return Err(("Missing required parameter: 'messages'.".into(), Some("messages"))),
+        Some(_) => {
+            return Err((
+                "Invalid type for 'messages': expected an array.".into(),
+                Some("messages"),
+            ))
+        }
+        None => {
+            return Err((
+                "Missing required parameter: 'messages'.".into(),
+                Some("messages"),
+            ))
+        }
     };
     if messages.is_empty() {
-        return Err(("Invalid 'messages': empty array. Expected an array with minimum length 1.".into(), Some("messages")));
+        return Err((
+            "Invalid 'messages': empty array. Expected an array with minimum length 1.".into(),
+            Some("messages"),
+        ));
     }
     for (i, m) in messages.iter().enumerate() {
-        if !m.get("role").and_then(Value::as_str).is_some_and(|r| ROLES.contains(&r)) {
-            return Err((format!("Invalid value for 'messages[{i}].role'."), Some("messages")));
+        if !m
+            .get("role")
+            .and_then(Value::as_str)
+            .is_some_and(|r| ROLES.contains(&r))
+        {
+            return Err((
+                format!("Invalid value for 'messages[{i}].role'."),
+                Some("messages"),
+            ));
         }
         if m.get("content").is_none() {
-            return Err((format!("Missing required parameter: 'messages[{i}].content'."), Some("messages")));
+            return Err((
+                format!("Missing required parameter: 'messages[{i}].content'."),
+                Some("messages"),
+            ));
         }
     }
     for field in ["max_tokens", "max_completion_tokens"] {
         match obj.get(field) {
             None | Some(Value::Null) => {}
             Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => {}
-            Some(_) => return Err((format!("Invalid '{field}': expected an integer of at least 1."), Some("max_tokens"))),
+            Some(_) => {
+                return Err((
+                    format!("Invalid '{field}': expected an integer of at least 1."),
+                    Some("max_tokens"),
+                ))
+            }
         }
     }
     Ok(())
 }
 
-fn judged(key: &str, b: Behaviour, completion: bool, rid: &str, ok: impl FnOnce() -> Value) -> Response {
+fn judged(
+    key: &str,
+    b: Behaviour,
+    completion: bool,
+    rid: &str,
+    ok: impl FnOnce() -> Value,
+) -> Response {
     match b {
         Behaviour::Unauthorized => error(
             401,
@@ -127,10 +194,20 @@ fn judged(key: &str, b: Behaviour, completion: bool, rid: &str, ok: impl FnOnce(
 }
 
 fn outage(status: u16, rid: &str) -> Response {
-    error(status, "The server had an error while processing your request. Sorry about that!", "server_error", None, rid)
+    error(
+        status,
+        "The server had an error while processing your request. Sorry about that!",
+        "server_error",
+        None,
+        rid,
+    )
 }
 
-pub(super) async fn models(State(state): State<MockState>, Extension(kill): Extension<KillSwitch>, headers: HeaderMap) -> Response {
+pub(super) async fn models(
+    State(state): State<MockState>,
+    Extension(kill): Extension<KillSwitch>,
+    headers: HeaderMap,
+) -> Response {
     let rid = request_id("req_");
     let key = match check_auth(&state, &headers, &rid) {
         Ok(k) => k,
@@ -141,9 +218,13 @@ pub(super) async fn models(State(state): State<MockState>, Extension(kill): Exte
     }
     match gate(&state, &kill, V, behaviour(key)).await {
         Gate::Outage(s) => outage(s, &rid),
-        Gate::Go(b) => judged(key, b, false, &rid, || {
-            json!({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model", "created": 1721172741, "owned_by": "system"}]})
-        }),
+        Gate::Go(b) => judged(
+            key,
+            b,
+            false,
+            &rid,
+            || json!({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model", "created": 1721172741, "owned_by": "system"}]}),
+        ),
     }
 }
 
@@ -160,16 +241,26 @@ pub(super) async fn chat(
     };
     if let Err((message, param)) = check_body(&headers, &body) {
         state.malformed(V, &message);
-        return super::json(400, "x-request-id", &rid, error_body_param(&message, "invalid_request_error", param, None));
+        return super::json(
+            400,
+            "x-request-id",
+            &rid,
+            error_body_param(&message, "invalid_request_error", param, None),
+        );
     }
     if !key_shaped(V, key) {
         return judged(key, Behaviour::Unauthorized, true, &rid, || Value::Null);
     }
-    let model = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["model"].as_str().map(str::to_owned)).unwrap_or_default();
+    let model = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["model"].as_str().map(str::to_owned))
+        .unwrap_or_default();
     match gate(&state, &kill, V, behaviour(key)).await {
         Gate::Outage(s) => outage(s, &rid),
         Gate::Go(b) => judged(key, b, true, &rid, || {
-            let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let created = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
             json!({"id": format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()), "object": "chat.completion",
                    "created": created, "model": model,
                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "P", "refusal": null},

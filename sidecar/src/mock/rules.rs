@@ -60,16 +60,28 @@ pub const MARKERS: [(&str, Behaviour); 12] = [
 
 /// Whether the credential looks like one of `vendor`'s API keys at all.
 pub fn key_shaped(vendor: Vendor, key: &str) -> bool {
-    let body_ok = |rest: &str| rest.len() >= 20 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let body_ok = |rest: &str| {
+        rest.len() >= 20
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
     match vendor {
         Vendor::Anthropic => key.strip_prefix("sk-ant-api03-").is_some_and(body_ok),
-        Vendor::OpenAi => !key.starts_with("sk-ant-") && !key.starts_with("sk-admin-") && key.strip_prefix("sk-").is_some_and(body_ok),
+        Vendor::OpenAi => {
+            !key.starts_with("sk-ant-")
+                && !key.starts_with("sk-admin-")
+                && key.strip_prefix("sk-").is_some_and(body_ok)
+        }
     }
 }
 
 /// The behaviour a well-shaped key selects.
 pub fn behaviour(key: &str) -> Behaviour {
-    MARKERS.iter().find(|(m, _)| key.contains(m)).map_or(Behaviour::Valid, |(_, b)| *b)
+    MARKERS
+        .iter()
+        .find(|(m, _)| key.contains(m))
+        .map_or(Behaviour::Valid, |(_, b)| *b)
 }
 
 #[cfg(test)]
@@ -84,9 +96,15 @@ mod tests {
         assert_eq!(behaviour(&k("mockquota")), Behaviour::NoCredit);
         assert_eq!(behaviour(&k("mockreset")), Behaviour::Reset);
         assert!(key_shaped(Vendor::Anthropic, &k("")));
-        assert!(!key_shaped(Vendor::Anthropic, "sk-ant-admin01-xxxxxxxxxxxxxxxxxxxxxxxxxxxx"));
+        assert!(!key_shaped(
+            Vendor::Anthropic,
+            "sk-ant-admin01-xxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+        ));
         assert!(!key_shaped(Vendor::OpenAi, &k("")));
-        assert!(key_shaped(Vendor::OpenAi, &format!("sk-proj-{}", "a".repeat(60))));
+        assert!(key_shaped(
+            Vendor::OpenAi,
+            &format!("sk-proj-{}", "a".repeat(60))
+        ));
         assert!(!key_shaped(Vendor::OpenAi, "Bearer"));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use byok_core::classify::{Outcome, TransportError};
+use byok_core::classify::Outcome;
 use byok_core::Vendor;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
@@ -13,29 +13,51 @@ use super::*;
 use crate::config::{Probe, RunArgs};
 use crate::probe::{Prober, ANTHROPIC_VERSION};
 
-pub fn anthropic_key(marker: &str) -> String {
+pub(super) fn anthropic_key(marker: &str) -> String {
     let body = format!("{marker}{}", "x".repeat(93));
     format!("sk-ant-api03-{}AA", &body[..93])
 }
 
-pub fn openai_key(marker: &str) -> String {
+pub(super) fn openai_key(marker: &str) -> String {
     let half = format!("{marker}{}", "y".repeat(74));
     format!("sk-proj-{}T3BlbkFJ{}", &half[..74], "z".repeat(74))
 }
 
-async fn mock() -> MockHandle {
-    start("127.0.0.1:0".parse().unwrap(), Duration::from_millis(300), Duration::from_secs(30)).await.unwrap()
+pub(super) async fn mock() -> MockHandle {
+    start(
+        "127.0.0.1:0".parse().unwrap(),
+        Duration::from_millis(300),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
 }
 
-fn prober(m: &MockHandle, probe: Probe, timeout: Duration) -> Prober {
+pub(super) fn prober(m: &MockHandle, probe: Probe, timeout: Duration) -> Prober {
     use clap::Parser;
-    let cli = crate::config::Cli::try_parse_from(["x", "--anthropic-base-url", &m.anthropic_base(), "--openai-base-url", &m.openai_base()]).unwrap();
-    let args = RunArgs { anthropic_probe: probe, openai_probe: probe, ..cli.run };
+    let cli = crate::config::Cli::try_parse_from([
+        "x",
+        "--anthropic-base-url",
+        &m.anthropic_base(),
+        "--openai-base-url",
+        &m.openai_base(),
+    ])
+    .unwrap();
+    let args = RunArgs {
+        anthropic_probe: probe,
+        openai_probe: probe,
+        ..cli.run
+    };
     Prober::new(&args, timeout).unwrap()
 }
 
-async fn stats(m: &MockHandle) -> Stats {
-    reqwest::get(format!("http://{}/__mock/stats", m.addr)).await.unwrap().json().await.unwrap()
+pub(super) async fn stats(m: &MockHandle) -> Stats {
+    reqwest::get(format!("http://{}/__mock/stats", m.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -44,19 +66,51 @@ async fn anthropic_shapes_and_checks() {
     let c = reqwest::Client::new();
     let url = format!("{}/v1/messages", m.anthropic_base());
     let body = json!({"model": "claude-haiku-4-5", "max_tokens": 1, "messages": [{"role": "user", "content": "ping"}]});
-    let ok = c.post(&url).header("x-api-key", anthropic_key("")).header("anthropic-version", ANTHROPIC_VERSION).json(&body).send().await.unwrap();
+    let ok = c
+        .post(&url)
+        .header("x-api-key", anthropic_key(""))
+        .header("anthropic-version", ANTHROPIC_VERSION)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
-    assert!(ok.headers()["request-id"].to_str().unwrap().starts_with("req_"));
+    assert!(ok.headers()["request-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("req_"));
     let v: Value = ok.json().await.unwrap();
-    assert_eq!((v["type"].as_str(), v["stop_reason"].as_str(), v["usage"]["output_tokens"].as_u64()), (Some("message"), Some("max_tokens"), Some(1)));
+    assert_eq!(
+        (
+            v["type"].as_str(),
+            v["stop_reason"].as_str(),
+            v["usage"]["output_tokens"].as_u64()
+        ),
+        (Some("message"), Some("max_tokens"), Some(1))
+    );
 
-    let no_version = c.post(&url).header("x-api-key", anthropic_key("")).json(&body).send().await.unwrap();
+    let no_version = c
+        .post(&url)
+        .header("x-api-key", anthropic_key(""))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(no_version.status(), 400);
     let e: Value = no_version.json().await.unwrap();
-    assert_eq!((e["type"].as_str(), e["error"]["type"].as_str()), (Some("error"), Some("invalid_request_error")));
+    assert_eq!(
+        (e["type"].as_str(), e["error"]["type"].as_str()),
+        (Some("error"), Some("invalid_request_error"))
+    );
     assert!(e["request_id"].as_str().is_some());
 
-    let send = |b: Value| c.post(&url).header("x-api-key", anthropic_key("")).header("anthropic-version", ANTHROPIC_VERSION).json(&b).send();
+    let send = |b: Value| {
+        c.post(&url)
+            .header("x-api-key", anthropic_key(""))
+            .header("anthropic-version", ANTHROPIC_VERSION)
+            .json(&b)
+            .send()
+    };
     for bad in [
         json!({"max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}),
         json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}),
@@ -67,10 +121,20 @@ async fn anthropic_shapes_and_checks() {
     ] {
         assert_eq!(send(bad.clone()).await.unwrap().status(), 400, "{bad}");
     }
-    let no_key = c.get(format!("{}/v1/models", m.anthropic_base())).header("anthropic-version", ANTHROPIC_VERSION).send().await.unwrap();
+    let no_key = c
+        .get(format!("{}/v1/models", m.anthropic_base()))
+        .header("anthropic-version", ANTHROPIC_VERSION)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(no_key.status(), 401);
     let s = stats(&m).await;
-    assert_eq!(s.malformed.get("anthropic"), Some(&8), "{:?}", s.malformed_reasons);
+    assert_eq!(
+        s.malformed.get("anthropic"),
+        Some(&8),
+        "{:?}",
+        s.malformed_reasons
+    );
 }
 
 #[tokio::test]
@@ -79,95 +143,57 @@ async fn openai_shapes_and_checks() {
     let c = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", m.openai_base());
     let body = json!({"model": "gpt-4o-mini", "max_tokens": 1, "messages": [{"role": "user", "content": "ping"}]});
-    let ok = c.post(&url).bearer_auth(openai_key("")).json(&body).send().await.unwrap();
+    let ok = c
+        .post(&url)
+        .bearer_auth(openai_key(""))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
     assert!(ok.headers().contains_key("x-request-id"));
     let v: Value = ok.json().await.unwrap();
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["choices"][0]["finish_reason"], "length");
 
-    let models = c.get(format!("{}/v1/models", m.openai_base())).bearer_auth(openai_key("")).send().await.unwrap();
+    let models = c
+        .get(format!("{}/v1/models", m.openai_base()))
+        .bearer_auth(openai_key(""))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(models.json::<Value>().await.unwrap()["object"], "list");
 
     let no_auth = c.post(&url).json(&body).send().await.unwrap();
     assert_eq!(no_auth.status(), 401);
-    let missing = c.post(&url).bearer_auth(openai_key("")).json(&json!({"model": "m"})).send().await.unwrap();
+    let missing = c
+        .post(&url)
+        .bearer_auth(openai_key(""))
+        .json(&json!({"model": "m"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 400);
     let e: Value = missing.json().await.unwrap();
-    assert_eq!((e["error"]["type"].as_str(), e["error"]["param"].as_str()), (Some("invalid_request_error"), Some("messages")));
-    let not_a_key = c.post(&url).bearer_auth("hello").json(&body).send().await.unwrap();
+    assert_eq!(
+        (e["error"]["type"].as_str(), e["error"]["param"].as_str()),
+        (Some("invalid_request_error"), Some("messages"))
+    );
+    let not_a_key = c
+        .post(&url)
+        .bearer_auth("hello")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(not_a_key.status(), 401);
-    let unknown = c.get(format!("{}/v1/nope", m.openai_base())).send().await.unwrap();
+    let unknown = c
+        .get(format!("{}/v1/nope", m.openai_base()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unknown.status(), 404);
     assert_eq!(stats(&m).await.malformed.get("openai"), Some(&2));
-}
-
-#[tokio::test]
-async fn prober_classifies_every_mock_behaviour() {
-    let m = mock().await;
-    for probe in [Probe::Completion, Probe::Models] {
-        let p = prober(&m, probe, Duration::from_secs(2));
-        let completion = probe == Probe::Completion;
-        let cases: [(&str, Outcome, bool, bool, Option<u16>); 11] = [
-            // marker, outcome, warning, vendor_fault, status
-            ("", Outcome::Valid, false, false, Some(200)),
-            ("mock401", Outcome::Invalid, false, false, Some(401)),
-            ("mockecho", Outcome::Invalid, false, false, Some(401)),
-            ("mock403", Outcome::Invalid, false, false, Some(403)),
-            ("mockcredit", Outcome::Valid, completion, false, Some(if completion { 0 } else { 200 })),
-            ("mock429", Outcome::Retry, false, false, Some(429)),
-            ("mock500", Outcome::Retry, false, true, Some(500)),
-            ("mock503", Outcome::Retry, false, true, Some(503)),
-            ("mock529", Outcome::Retry, false, true, Some(0)),
-            ("mockslow", Outcome::Valid, false, false, Some(200)),
-            ("mockreset", Outcome::Retry, false, true, None),
-        ];
-        for vendor in Vendor::ALL {
-            for (marker, outcome, warning, fault, status) in cases {
-                let key = if vendor == Vendor::Anthropic { anthropic_key(marker) } else { openai_key(marker) };
-                let r = p.probe(vendor, Zeroizing::new(key.clone())).await;
-                let v = &r.verdict;
-                let ctx = format!("{probe:?} {vendor} {marker}: {v:?} {:?}", r.http_status);
-                assert_eq!((v.outcome, v.warning, v.vendor_fault), (outcome, warning, fault), "{ctx}");
-                match (status, r.http_status) {
-                    (Some(0), Some(_)) | (None, None) => {}
-                    (s, got) => assert_eq!(s, got, "{ctx}"),
-                }
-                assert!(!v.detail.contains(&key[20..60]), "key leaked into detail: {ctx}");
-                if marker == "mock429" {
-                    assert_eq!(v.retry_after_seconds, Some(2), "{ctx}");
-                }
-            }
-        }
-    }
-    let s = stats(&m).await;
-    assert!(s.malformed.is_empty(), "the prober sent malformed requests: {:?}", s.malformed_reasons);
-}
-
-#[tokio::test]
-async fn hangs_time_out_and_refused_ports_are_connect_errors() {
-    let m = mock().await;
-    let p = prober(&m, Probe::Completion, Duration::from_millis(500));
-    let r = p.probe(Vendor::Anthropic, Zeroizing::new(anthropic_key("mockhang"))).await;
-    assert_eq!(r.verdict.outcome, Outcome::Retry);
-    assert!(r.verdict.vendor_fault);
-    assert_eq!(r.verdict, byok_core::classify::classify_transport(Vendor::Anthropic, TransportError::Timeout));
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let args = {
-        use clap::Parser;
-        crate::config::Cli::try_parse_from(["x", "--openai-base-url", &format!("http://127.0.0.1:{port}")]).unwrap().run
-    };
-    let r = Prober::new(&args, Duration::from_secs(2)).unwrap().probe(Vendor::OpenAi, Zeroizing::new(openai_key(""))).await;
-    assert_eq!(r.verdict, byok_core::classify::classify_transport(Vendor::OpenAi, TransportError::Connect));
-    // TLS spoken to a plain-HTTP server fails the handshake.
-    let args = {
-        use clap::Parser;
-        crate::config::Cli::try_parse_from(["x", "--anthropic-base-url", &format!("https://{}", m.addr)]).unwrap().run
-    };
-    let r = Prober::new(&args, Duration::from_secs(2)).unwrap().probe(Vendor::Anthropic, Zeroizing::new(anthropic_key(""))).await;
-    assert_eq!(r.verdict, byok_core::classify::classify_transport(Vendor::Anthropic, TransportError::Tls));
 }
 
 #[tokio::test]
@@ -175,21 +201,50 @@ async fn scripted_outage_hits_every_key_then_ends() {
     let m = mock().await;
     let c = reqwest::Client::new();
     let ctl = format!("http://{}/__mock/outage", m.addr);
-    let r = c.post(&ctl).json(&json!({"vendor": "anthropic", "status": 529, "seconds": 0.6})).send().await.unwrap();
+    let r = c
+        .post(&ctl)
+        .json(&json!({"vendor": "anthropic", "status": 529, "seconds": 0.6}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let p = prober(&m, Probe::Completion, Duration::from_secs(2));
-    let during = p.probe(Vendor::Anthropic, Zeroizing::new(anthropic_key(""))).await;
-    assert_eq!((during.http_status, during.verdict.vendor_fault), (Some(529), true));
-    let other = p.probe(Vendor::OpenAi, Zeroizing::new(openai_key(""))).await;
+    let during = p
+        .probe(Vendor::Anthropic, Zeroizing::new(anthropic_key("")))
+        .await;
+    assert_eq!(
+        (during.http_status, during.verdict.vendor_fault),
+        (Some(529), true)
+    );
+    let other = p
+        .probe(Vendor::OpenAi, Zeroizing::new(openai_key("")))
+        .await;
     assert_eq!(other.verdict.outcome, Outcome::Valid);
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let after = p.probe(Vendor::Anthropic, Zeroizing::new(anthropic_key(""))).await;
+    let after = p
+        .probe(Vendor::Anthropic, Zeroizing::new(anthropic_key("")))
+        .await;
     assert_eq!(after.verdict.outcome, Outcome::Valid);
     assert_eq!(stats(&m).await.requests["anthropic"]["outage"], 1);
-    assert_eq!(c.post(&ctl).json(&json!({"vendor": "gemini", "status": 500, "seconds": 1})).send().await.unwrap().status(), 400);
+    assert_eq!(
+        c.post(&ctl)
+            .json(&json!({"vendor": "gemini", "status": 500, "seconds": 1}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
 }
 
 #[tokio::test]
 async fn refuses_to_listen_beyond_loopback() {
-    assert!(start("0.0.0.0:0".parse().unwrap(), Duration::ZERO, Duration::ZERO).await.is_err());
+    assert!(
+        start("0.0.0.0:0".parse().unwrap(), Duration::ZERO, Duration::ZERO)
+            .await
+            .is_err()
+    );
 }
+
+#[path = "probe_tests.rs"]
+mod probe_tests;

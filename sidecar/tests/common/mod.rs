@@ -3,12 +3,15 @@
 //! processes, their output captured to files for the leak check.
 #![allow(dead_code)]
 
+mod http;
+mod mock;
+
+pub use http::{free_port, http, http_try};
+pub use mock::Mock;
+
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use byok_pgrx_tests::postgres::Client;
@@ -31,73 +34,18 @@ pub fn setup(extra_conf: &[&str], mock_args: &[&str]) -> Env {
         extra_conf: extra_conf.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     });
-    cluster.client().batch_execute("CREATE ROLE sidecar LOGIN; GRANT byok_worker TO sidecar;").unwrap();
+    cluster
+        .client()
+        .batch_execute("CREATE ROLE sidecar LOGIN; GRANT byok_worker TO sidecar;")
+        .unwrap();
     let logs = cluster.dir().join("e2e-logs");
     std::fs::create_dir_all(&logs).unwrap();
     let mock = Mock::start(&logs, mock_args);
-    Env { mock, cluster, logs, keys: Vec::new() }
-}
-
-/// The mock vendor process.
-pub struct Mock {
-    child: Child,
-    pub addr: String,
-}
-
-impl Mock {
-    fn start(logs: &std::path::Path, extra: &[&str]) -> Mock {
-        let mut child = Command::new(BIN)
-            .args(["mock-vendor", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env_clear()
-            .stdout(Stdio::piped())
-            .stderr(File::create(logs.join("mock.log")).unwrap())
-            .spawn()
-            .expect("spawn mock-vendor");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(20)).expect("mock-vendor printed its address");
-        let addr = line.trim().strip_prefix("mock-vendor listening on http://").expect("address line").to_owned();
-        Mock { child, addr }
-    }
-
-    pub fn anthropic(&self) -> String {
-        format!("http://{}/anthropic", self.addr)
-    }
-
-    pub fn openai(&self) -> String {
-        format!("http://{}/openai", self.addr)
-    }
-
-    /// Scripts a vendor-wide outage (`seconds` 0 ends it).
-    pub fn outage(&self, vendor: &str, status: u16, seconds: f64) {
-        let body = format!(r#"{{"vendor":"{vendor}","status":{status},"seconds":{seconds}}}"#);
-        let (code, text) = http(&self.addr, "POST", "/__mock/outage", Some(&body));
-        assert_eq!(code, 200, "{text}");
-    }
-
-    pub fn stats(&self) -> serde_json::Value {
-        let (code, text) = http(&self.addr, "GET", "/__mock/stats", None);
-        assert_eq!(code, 200);
-        serde_json::from_str(&text).unwrap()
-    }
-
-    /// Asserts every request the sidecars sent was well formed.
-    pub fn assert_no_malformed(&self) {
-        let s = self.stats();
-        assert!(s["malformed"].as_object().is_none_or(|m| m.is_empty()), "malformed requests: {s}");
-    }
-}
-
-impl Drop for Mock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    Env {
+        mock,
+        cluster,
+        logs,
+        keys: Vec::new(),
     }
 }
 
@@ -138,7 +86,11 @@ impl Env {
             }
         }
         let log = self.logs.join(format!("{name}.log"));
-        let out = File::options().create(true).append(true).open(&log).unwrap();
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = Command::new(BIN)
             .args(flags.iter().flat_map(|(f, v)| [f.clone(), v.clone()]))
             .env_clear()
@@ -146,7 +98,12 @@ impl Env {
             .stderr(out)
             .spawn()
             .expect("spawn byok-sidecar");
-        let sc = Sidecar { child: Some(child), name: name.to_owned(), metrics, log };
+        let sc = Sidecar {
+            child: Some(child),
+            name: name.to_owned(),
+            metrics,
+            log,
+        };
         wait_until(&format!("{name} ready"), Duration::from_secs(30), || {
             http_try(&sc.metrics, "GET", "/readyz", None).is_some_and(|(c, _)| c == 200)
         });
@@ -161,7 +118,11 @@ impl Env {
     /// `marker` (the mock's behaviour selector), unique per `seed`.
     pub fn key(&mut self, vendor: &str, marker: &str, seed: u64) -> String {
         let mut key = sample_key(vendor, seed);
-        let at = if vendor == "anthropic" { "sk-ant-api03-".len() } else { "sk-proj-".len() };
+        let at = if vendor == "anthropic" {
+            "sk-ant-api03-".len()
+        } else {
+            "sk-proj-".len()
+        };
         key.replace_range(at..at + marker.len(), marker);
         self.keys.push(key.clone());
         key
@@ -182,12 +143,22 @@ impl Env {
         let text = self.all_logs();
         assert!(!text.is_empty());
         // Stronger than looking for our keys: nothing key-shaped at all.
-        if let Some(line) = text.lines().find(|l| byok_core::redact::contains_key_shaped(l)) {
-            panic!("a key-shaped string appears in the logs: {}", byok_core::redact::redact(line));
+        if let Some(line) = text
+            .lines()
+            .find(|l| byok_core::redact::contains_key_shaped(l))
+        {
+            panic!(
+                "a key-shaped string appears in the logs: {}",
+                byok_core::redact::redact(line)
+            );
         }
         for key in &self.keys {
             let body = &key[key.len() - 40..key.len() - 20];
-            assert!(!text.contains(key.as_str()) && !text.contains(body), "a plaintext key ({}) appears in the logs", byok_core::mask::mask(key));
+            assert!(
+                !text.contains(key.as_str()) && !text.contains(body),
+                "a plaintext key ({}) appears in the logs",
+                byok_core::mask::mask(key)
+            );
         }
     }
 }
@@ -200,14 +171,22 @@ impl Sidecar {
     /// SIGTERM, then waits (bounded) for the exit status.
     pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
         let pid = self.pid().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 self.child = None;
                 return status;
             }
-            assert!(start.elapsed() < within, "{} did not exit within {within:?} of SIGTERM", self.name);
+            assert!(
+                start.elapsed() < within,
+                "{} did not exit within {within:?} of SIGTERM",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -228,7 +207,11 @@ impl Sidecar {
     pub fn metric(&self, series: &str) -> f64 {
         self.metrics_text()
             .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|v| v.strip_prefix(' '))
+                    .and_then(|v| v.parse().ok())
+            })
             .unwrap_or(0.0)
     }
 
@@ -245,14 +228,22 @@ impl Drop for Sidecar {
 
 /// Adds a key through the public API; returns its id.
 pub fn add_key(db: &mut Client, workspace: Uuid, vendor: &str, key: &str) -> Uuid {
-    db.query_one("SELECT (byok.add_key(workspace_id => $1, vendor => $2, api_key => $3)).id", &[&workspace, &vendor, &key])
-        .unwrap()
-        .get(0)
+    db.query_one(
+        "SELECT (byok.add_key(workspace_id => $1, vendor => $2, api_key => $3)).id",
+        &[&workspace, &vendor, &key],
+    )
+    .unwrap()
+    .get(0)
 }
 
 /// (status, status_detail) of a key.
 pub fn status(db: &mut Client, id: Uuid) -> (String, Option<String>) {
-    let r = db.query_one("SELECT status, status_detail FROM byok.keys WHERE id = $1", &[&id]).unwrap();
+    let r = db
+        .query_one(
+            "SELECT status, status_detail FROM byok.keys WHERE id = $1",
+            &[&id],
+        )
+        .unwrap();
     (r.get(0), r.get(1))
 }
 
@@ -260,7 +251,10 @@ pub fn status(db: &mut Client, id: Uuid) -> (String, Option<String>) {
 pub fn wait_settled(db: &mut Client, ids: &[Uuid], timeout: Duration) {
     wait_until("keys leave pending", timeout, || {
         let n: i64 = db
-            .query_one("SELECT count(*) FROM byok.keys WHERE id = ANY($1) AND status = 'pending'", &[&ids])
+            .query_one(
+                "SELECT count(*) FROM byok.keys WHERE id = ANY($1) AND status = 'pending'",
+                &[&ids],
+            )
             .unwrap()
             .get(0);
         n == 0
@@ -270,31 +264,10 @@ pub fn wait_settled(db: &mut Client, ids: &[Uuid], timeout: Duration) {
 /// How many validation verdicts the audit log holds for `id` (finish_job
 /// audits every verdict that is not a retry).
 pub fn verdicts(db: &mut Client, id: Uuid) -> i64 {
-    db.query_one("SELECT count(*) FROM byok.audit_log WHERE action = 'validate' AND key_id = $1", &[&id]).unwrap().get(0)
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A minimal HTTP/1.1 client (loopback only), so the tests need no async runtime.
-pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    http_try(addr, method, path, body).unwrap_or_else(|| panic!("{method} http://{addr}{path} failed"))
-}
-
-pub fn http_try(addr: &str, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    db.query_one(
+        "SELECT count(*) FROM byok.audit_log WHERE action = 'validate' AND key_id = $1",
+        &[&id],
     )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let code = raw.split(' ').nth(1)?.parse().ok()?;
-    let text = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Some((code, text))
+    .unwrap()
+    .get(0)
 }
