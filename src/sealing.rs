@@ -157,6 +157,9 @@ mod tests {
             "SELECT version, is_primary, source FROM byok.master_key_status()",
         )
         .unwrap();
-        assert_eq!((version, primary, source.as_deref()), (Some(1), Some(true), Some("file")));
+        assert_eq!(
+            (version, primary, source.as_deref()),
+            (Some(1), Some(true), Some("file"))
+        );
     }
 }
