@@ -221,6 +221,9 @@ fn is_log_level_output(elevel: i32, log_min_level: i32) -> bool {
 /// each valid UTF-8 stretch is redacted, other bytes are kept as they are
 /// (they are never key characters, so no key spans them).
 fn redact_bytes(bytes: &[u8]) -> Option<Vec<u8>> {
+    if !may_hold_key(bytes) {
+        return None;
+    }
     let mut out: Option<Vec<u8>> = None;
     let mut copied = 0; // bytes of `bytes` already represented in `out`
     let mut pos = 0;
@@ -238,6 +241,19 @@ fn redact_bytes(bytes: &[u8]) -> Option<Vec<u8>> {
         buf.extend_from_slice(&bytes[copied..]);
         buf
     })
+}
+
+/// Whether `bytes` contains `sk-`, which every key-shaped run starts with:
+/// the fast path of every log line, one SIMD scan by the C library's
+/// memmem, no UTF-8 validation, no searcher to build.
+fn may_hold_key(bytes: &[u8]) -> bool {
+    const PREFIX: &[u8] = b"sk-";
+    // SAFETY: memmem reads exactly bytes.len() bytes of the slice and
+    // PREFIX.len() bytes of the needle, and only returns a pointer into them.
+    let found = unsafe {
+        libc::memmem(bytes.as_ptr().cast(), bytes.len(), PREFIX.as_ptr().cast(), PREFIX.len())
+    };
+    !found.is_null()
 }
 
 /// A NUL-terminated concatenation of `parts`, allocated in `cx`; NULL when
@@ -306,6 +322,15 @@ mod tests {
         assert!(redact_bytes(b"").is_none());
         assert!(redact_bytes(b"duration: 0.1 ms  statement: SELECT 1").is_none());
         assert!(redact_bytes(b"sk-learn \xff\xfe ask-me").is_none());
+    }
+
+    #[pg_test]
+    fn the_fast_path_looks_for_the_prefix_only() {
+        assert!(!may_hold_key(b""));
+        assert!(!may_hold_key(b"s"));
+        assert!(!may_hold_key(b"plain log line \xff with - dashes sk"));
+        assert!(may_hold_key(b"x sk-"));
+        assert!(may_hold_key(b"sk-learn"));
     }
 
     #[pg_test]
