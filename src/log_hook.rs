@@ -23,6 +23,10 @@
 //!
 //! The hook edits the report itself, so the client also receives the masked
 //! message, detail, hint and context of a report that was logged.
+//!
+//! `utility.rs` (installed by the same `install`, governed by the same
+//! setting) masks keys in the text of utility statements before
+//! pg_stat_statements stores it.
 
 use std::borrow::Cow;
 use std::ffi::{c_char, CStr};
@@ -34,6 +38,8 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::settings::REDACT_LOGS;
+
+mod utility;
 
 /// Label of the redacted statement appended to `detail_log`.
 const STATEMENT_LABEL: &[u8] = b"STATEMENT (redacted):  ";
@@ -57,6 +63,7 @@ pub fn install() {
         PREV_EMIT_LOG_HOOK = current;
         pg_sys::emit_log_hook = ours;
     }
+    utility::install();
 }
 
 #[pg_guard]

@@ -664,11 +664,16 @@ fn no_key_reaches_logs_dumps_wal_data_files_or_sidecar_output() {
         simple_fails(&mut db, &format!("SELECT '{k}'"), "25P02");
         db.batch_execute("ROLLBACK").unwrap();
     }
-    // Utility statements holding a key, under the documented mitigation for
-    // pg_stat_statements (it stores utility statements verbatim otherwise).
+    // Utility statements holding a key. pg_stat_statements stores these
+    // verbatim (track_utility is on by default); pg_byok's ProcessUtility
+    // hook hands it a same-length masked text.
     {
-        let k = keys.mint("openai", "openai key in utility statements (track_utility = off)");
-        simple(&mut db, "SET pg_stat_statements.track_utility = off").unwrap();
+        let k = keys.mint("openai", "openai key in utility statements");
+        let a = keys.mint("anthropic", "anthropic key in utility statements");
+        db.batch_execute(
+            "CREATE PROCEDURE leak_proc(k text) LANGUAGE plpgsql AS $$ BEGIN PERFORM length(k); END $$",
+        )
+        .unwrap();
         simple(
             &mut db,
             &format!(
@@ -677,6 +682,7 @@ fn no_key_reaches_logs_dumps_wal_data_files_or_sidecar_output() {
             ),
         )
         .unwrap();
+        simple(&mut db, &format!("CALL leak_proc('{a}')")).unwrap();
         simple(&mut db, &format!("EXPLAIN (ANALYZE, VERBOSE) SELECT length('{k}')")).unwrap();
         let mut copied = String::new();
         db.copy_out(format!("COPY (SELECT length('{k}')) TO STDOUT").as_str())
@@ -684,17 +690,59 @@ fn no_key_reaches_logs_dumps_wal_data_files_or_sidecar_output() {
             .read_to_string(&mut copied)
             .unwrap();
         assert_eq!(copied.trim(), k.len().to_string());
+        simple(&mut db, &format!("SET myapp.note = 'vendor key {a}'")).unwrap();
+        simple(&mut db, "RESET myapp.note").unwrap();
+        simple(&mut db, &format!("CREATE TEMP TABLE leak_ctas AS SELECT length('{a}') AS n")).unwrap();
+        simple(
+            &mut db,
+            &format!("BEGIN; DECLARE leak_cur CURSOR FOR SELECT length('{k}'); FETCH ALL FROM leak_cur; COMMIT"),
+        )
+        .unwrap();
+        // A utility statement in the middle of a multi-statement string
+        // (pg_stat_statements cuts it out by offset).
+        simple(
+            &mut db,
+            &format!("SELECT 1; DO $$ BEGIN PERFORM length('{a}'); END $$; SELECT 2"),
+        )
+        .unwrap();
         simple(&mut db, &format!("PREPARE p_lit AS SELECT length('{k}')")).unwrap();
-        simple(&mut db, "EXECUTE p_lit").unwrap();
+        assert_eq!(simple(&mut db, "EXECUTE p_lit").unwrap(), [k.len().to_string()]);
+        let shown = simple(&mut db, "SELECT statement FROM pg_prepared_statements WHERE name = 'p_lit'").unwrap();
+        assert!(!shown[0].contains(&k[30..50]), "pg_prepared_statements shows the key: {shown:?}");
         simple(&mut db, "PREPARE p_arg(text) AS SELECT length($1)").unwrap();
         simple(&mut db, &format!("EXECUTE p_arg('{k}')")).unwrap();
         simple(&mut db, "DEALLOCATE ALL").unwrap();
-        simple(&mut db, "RESET pg_stat_statements.track_utility").unwrap();
         // A literal in the extended protocol's Parse, failing at parse time.
         match db.query(format!("SELECT '{k}'::int").as_str(), &[]) {
             Err(e) => assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("22P02")),
             Ok(_) => panic!("expected 22P02"),
         }
+        // Errors raised inside a utility statement pass through the hook
+        // untouched, also when PL/pgSQL catches them in a subtransaction.
+        simple_fails(
+            &mut db,
+            &format!("DO $$ BEGIN RAISE EXCEPTION 'length %', length('{a}') USING ERRCODE = '22023'; END $$"),
+            "22023",
+        );
+        let caught = simple(
+            &mut db,
+            &format!(
+                "DO $$ BEGIN BEGIN EXECUTE 'DO $i$ BEGIN PERFORM 1/0, length(''{a}''); END $i$'; \
+                 EXCEPTION WHEN division_by_zero THEN RAISE NOTICE 'caught'; END; END $$; SELECT 'still fine'"
+            ),
+        )
+        .unwrap();
+        assert_eq!(caught, ["still fine"]);
+        // The utility statements were tracked (with their keys masked).
+        let tracked: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_statements WHERE query LIKE 'DO $$ BEGIN PERFORM %' \
+                 OR query LIKE 'CALL leak_proc(%' OR query LIKE 'COPY (SELECT length(%'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(tracked >= 3, "pg_stat_statements tracked the utility statements ({tracked})");
     }
     // admin keys are refused; they are secrets all the same
     for vendor in ["anthropic-admin", "openai-admin"] {

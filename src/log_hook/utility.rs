@@ -1,0 +1,258 @@
+//! Keys in utility statements, before pg_stat_statements stores their text.
+//!
+//! pg_stat_statements replaces constants by `$n` in plannable statements,
+//! but stores utility statements (`DO`, `CALL`, `EXPLAIN`, `COPY`, `SET`,
+//! `DECLARE … CURSOR`, `CREATE TABLE … AS`, …) verbatim, in its view and in
+//! a file under the data directory. This `ProcessUtility_hook` hands the
+//! rest of the chain (pg_stat_statements, then Postgres) a copy of the query
+//! text in which every key-shaped run is masked with `*` except its last 4
+//! characters, **keeping every byte offset**: statement locations, error
+//! positions and pg_stat_statements' cut of a multi-statement string stay
+//! valid. Execution is unaffected: utility commands run from their parse
+//! trees, not from the text, which only serves as a label (error positions
+//! use the original text, via `debug_query_string`). As side effects
+//! `pg_prepared_statements.statement` and `pg_cursors.statement` show the
+//! masked text too.
+//!
+//! To see the statement before pg_stat_statements does, the hook must be
+//! the outermost one, whatever the order of `shared_preload_libraries`: when
+//! preloaded it is installed from `shmem_request_hook`, which Postgres runs
+//! after every preloaded library's `_PG_init`.
+//!
+//! The hook is not `#[pg_guard]`ed on purpose: errors raised by the utility
+//! command must travel through it untouched (pgrx would re-raise them as its
+//! own, losing fields). It holds nothing that needs dropping while it calls
+//! down the chain, catches any panic of its own code, and calls nothing that
+//! can raise before that.
+
+use std::ffi::{c_char, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use super::{may_hold_key, palloc_cstring};
+use crate::settings::REDACT_LOGS;
+
+static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
+
+unsafe extern "C-unwind" {
+    /// The same symbol as `pg_sys::standard_ProcessUtility`, without pgrx's
+    /// error-converting wrapper (see the module docs).
+    #[link_name = "standard_ProcessUtility"]
+    fn raw_standard_process_utility(
+        pstmt: *mut pg_sys::PlannedStmt,
+        query_string: *const c_char,
+        read_only_tree: bool,
+        context: pg_sys::ProcessUtilityContext::Type,
+        params: pg_sys::ParamListInfo,
+        query_env: *mut pg_sys::QueryEnvironment,
+        dest: *mut pg_sys::DestReceiver,
+        qc: *mut pg_sys::QueryCompletion,
+    );
+}
+
+/// Called from `log_hook::install` (from `_PG_init`).
+pub(super) fn install() {
+    // SAFETY: library load, single thread; the statics are ours.
+    unsafe {
+        if pg_sys::process_shared_preload_libraries_in_progress {
+            PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
+            pg_sys::shmem_request_hook = Some(byok_shmem_request);
+        } else {
+            // Loaded into one backend: every preloaded library's hook is
+            // already in place, so installing now makes this one outermost.
+            install_process_utility();
+        }
+    }
+}
+
+/// # Safety
+/// Postmaster startup or library load, single thread.
+unsafe fn install_process_utility() {
+    // SAFETY: caller's contract.
+    unsafe {
+        let ours: pg_sys::ProcessUtility_hook_type = Some(byok_process_utility);
+        let current = pg_sys::ProcessUtility_hook;
+        if current.map(|f| f as usize) == ours.map(|f| f as usize) {
+            return;
+        }
+        PREV_PROCESS_UTILITY = current;
+        pg_sys::ProcessUtility_hook = ours;
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn byok_shmem_request() {
+    // SAFETY: our own static, set once in install().
+    let prev = unsafe { PREV_SHMEM_REQUEST };
+    if let Some(prev) = prev {
+        // SAFETY: the previously installed hook, called as Postgres would.
+        unsafe { prev() };
+    }
+    // SAFETY: Postgres calls shmem_request_hook in the postmaster after all
+    // preloaded libraries are loaded, on its only thread.
+    unsafe { install_process_utility() };
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn byok_process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // Everything Rust owns is dropped inside this call; from here on the
+    // frame holds only plain values, so an ERROR raised below may jump over it.
+    let text = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: query_string is NULL or the NUL-terminated source text.
+        unsafe { masked_query_string(query_string) }
+    }))
+    .unwrap_or(query_string);
+    // SAFETY: our own static, set once at startup.
+    let prev = unsafe { PREV_PROCESS_UTILITY };
+    // SAFETY: passing Postgres' own arguments down the chain, with a query
+    // text of the same length that lives in the current memory context
+    // (which outlives this call).
+    unsafe {
+        match prev {
+            Some(prev) => prev(pstmt, text, read_only_tree, context, params, query_env, dest, qc),
+            None => raw_standard_process_utility(
+                pstmt,
+                text,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+        }
+    }
+}
+
+/// `query_string` itself, or (when it holds a key and redaction is on) a
+/// same-length masked copy in the current memory context. Never raises.
+///
+/// # Safety
+/// `query_string` is NULL or NUL-terminated.
+unsafe fn masked_query_string(query_string: *const c_char) -> *const c_char {
+    if query_string.is_null() || !REDACT_LOGS.get() {
+        return query_string;
+    }
+    // SAFETY: caller's contract.
+    let bytes = unsafe { CStr::from_ptr(query_string) }.to_bytes();
+    let Some(masked) = mask_same_length(bytes) else {
+        return query_string;
+    };
+    // SAFETY: the current context is valid during ProcessUtility; masked
+    // has no NUL (only key bytes were replaced, by '*').
+    let copy = unsafe { palloc_cstring(pg_sys::CurrentMemoryContext, &[&masked]) };
+    if copy.is_null() {
+        query_string // out of memory: the statement still runs
+    } else {
+        copy
+    }
+}
+
+fn is_key_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+/// `bytes` with each key-shaped run overwritten by `*` except its last 4
+/// characters, same length; `None` when there is none. A run is key-shaped
+/// exactly as byok-core's `redact` decides (the first `sk-` of a stretch of
+/// key characters, followed by 20 or more of them), and the result is
+/// checked against byok-core's rule: if that rule still finds something, every
+/// stretch of 23+ key characters is starred out whole.
+fn mask_same_length(bytes: &[u8]) -> Option<Vec<u8>> {
+    if !may_hold_key(bytes) {
+        return None;
+    }
+    let mut out = bytes.to_vec();
+    let mut changed = false;
+    let mut i = 0;
+    while i < out.len() {
+        if !is_key_byte(out[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < out.len() && is_key_byte(out[i]) {
+            i += 1;
+        }
+        let stretch = &out[start..i];
+        if let Some(p) = stretch.windows(3).position(|w| w == b"sk-") {
+            if stretch.len() - p - 3 >= 20 {
+                out[start + p..i - 4].fill(b'*');
+                changed = true;
+            }
+        }
+    }
+    if !changed {
+        return None;
+    }
+    if still_key_shaped(&out) {
+        let mut i = 0;
+        while i < out.len() {
+            let start = i;
+            while i < out.len() && is_key_byte(out[i]) {
+                i += 1;
+            }
+            if i - start >= 23 {
+                out[start..i].fill(b'*');
+            }
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// byok-core's verdict on `bytes` (each valid UTF-8 stretch).
+fn still_key_shaped(bytes: &[u8]) -> bool {
+    bytes
+        .utf8_chunks()
+        .any(|c| byok_core::redact::contains_key_shaped(c.valid()))
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    #[pg_test]
+    fn same_length_masking_keeps_offsets_and_the_last_four() {
+        let k = crate::tests_support::anthropic_key('z');
+        let q = format!("SELECT 1; DO $$ BEGIN PERFORM length('{k}'); END $$; -- Bearer{k}");
+        let m = mask_same_length(q.as_bytes()).unwrap();
+        assert_eq!(m.len(), q.len());
+        let m = String::from_utf8(m).unwrap();
+        assert!(!byok_core::redact::contains_key_shaped(&m), "{m}");
+        assert!(m.starts_with("SELECT 1; DO $$ BEGIN PERFORM length('*"), "{m}");
+        assert!(m.contains("**zzAA'); END $$; -- Bearer***"), "{m}");
+        assert!(m.ends_with("*zzAA"), "{m}");
+    }
+
+    #[pg_test]
+    fn text_without_a_key_is_not_copied() {
+        assert!(mask_same_length(b"DO $$ BEGIN PERFORM 1; END $$").is_none());
+        assert!(mask_same_length(b"SET search_path = 'sk-learn'").is_none());
+        assert!(mask_same_length("é sk-short é".as_bytes()).is_none());
+    }
+
+    #[pg_test]
+    fn the_hook_is_installed_outermost() {
+        // SAFETY: reading a hook pointer.
+        let current = unsafe { pg_sys::ProcessUtility_hook };
+        assert_eq!(
+            current.map(|f| f as usize),
+            Some(byok_process_utility as *const () as usize),
+            "pg_byok's ProcessUtility_hook is the outermost one"
+        );
+    }
+}
