@@ -3,6 +3,7 @@
 //! unit or a container without a config file.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -55,8 +56,21 @@ pub enum LogFormat {
 #[derive(Clone, Args)]
 pub struct RunArgs {
     /// Postgres connection string (libpq URL or key=value) of a role granted byok_worker.
+    ///
+    /// TLS follows its `sslmode`: `disable` never, `prefer` (the default) when the
+    /// server offers it, `require` always. Whenever TLS is used, the server's
+    /// certificate chain and host name are verified (stricter than libpq's
+    /// `require`, which checks neither); `verify-ca` / `verify-full` are read as
+    /// `require`. Trusted: the Mozilla roots plus --db-ca-file.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+
+    /// PEM file of CA certificates trusted for the database's TLS certificate,
+    /// on top of the Mozilla roots: needed when the server is signed by a
+    /// private CA (Supabase's prod-ca-2021.crt, RDS's global-bundle.pem, the CA
+    /// of your own server.crt). Certificates only: a private key is refused.
+    #[arg(long, env = "BYOK_DB_CA_FILE", value_name = "PEM")]
+    pub db_ca_file: Option<PathBuf>,
 
     /// Base URL of the Anthropic API (point it at the mock vendor for tests and demos).
     #[arg(
@@ -162,6 +176,8 @@ pub struct RunArgs {
 #[derive(Clone)]
 pub struct Config {
     pub database_url: String,
+    /// Roots for the database's TLS certificate (Mozilla + --db-ca-file).
+    pub db_tls: tokio_postgres_rustls::MakeRustlsConnect,
     pub worker: String,
     pub args: RunArgs,
     pub poll_interval: Duration,
@@ -186,6 +202,8 @@ pub enum ConfigError {
     BadMetricsAddr,
     #[error("--{0} must be an http:// or https:// URL")]
     BadUrl(&'static str),
+    #[error(transparent)]
+    DbTls(#[from] crate::db_tls::TlsError),
 }
 
 fn seconds(name: &'static str, value: f64, allow_zero: bool) -> Result<Duration, ConfigError> {
@@ -222,8 +240,10 @@ impl Config {
             a => Some(a.parse().map_err(|_| ConfigError::BadMetricsAddr)?),
         };
         let queue_depth = seconds("--queue-depth-interval", args.queue_depth_interval, true)?;
+        let db_tls = crate::db_tls::connector(args.db_ca_file.as_deref())?;
         Ok(Config {
             database_url,
+            db_tls,
             worker: args
                 .worker_name
                 .clone()

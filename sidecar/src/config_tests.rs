@@ -104,6 +104,17 @@ fn database_url_is_required_for_the_worker_only() {
 }
 
 #[test]
+fn a_bad_db_ca_file_stops_the_start() {
+    let e = parse(&["--db-ca-file", "/nonexistent/ca.pem"])
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("cannot read --db-ca-file /nonexistent/ca.pem"),
+        "{e}"
+    );
+}
+
+#[test]
 fn help_documents_every_setting() {
     let help = <Cli as clap::CommandFactory>::command()
         .render_long_help()
@@ -128,6 +139,9 @@ fn help_documents_every_setting() {
         "--breaker-workspaces",
         "--breaker-window",
         "--breaker-open",
+        "--db-ca-file",
+        "BYOK_DB_CA_FILE",
+        "certificate chain and host name are verified",
         "mock-vendor",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");

@@ -12,7 +12,8 @@ use std::time::Duration;
 use byok_core::Vendor;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -46,6 +47,7 @@ impl Db {
 /// every NOTIFY and after every reconnect (jobs may have queued meanwhile).
 pub fn supervise(
     url: String,
+    tls: MakeRustlsConnect,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
@@ -55,7 +57,7 @@ pub fn supervise(
         let mut failures: u32 = 0;
         let mut connected_once = false;
         while !stop.is_cancelled() {
-            match connect(&url, wake.clone()).await {
+            match connect(&url, tls.clone(), wake.clone()).await {
                 Ok((client, driver)) => {
                     if connected_once {
                         metrics.db_reconnect();
@@ -75,7 +77,8 @@ pub fn supervise(
                 }
                 Err(e) => {
                     failures += 1;
-                    tracing::warn!(error = %e, attempt = failures, "cannot connect to the database; retrying");
+                    let hint = crate::db_tls::certificate_hint(&e);
+                    tracing::warn!(error = %describe(&e), hint, attempt = failures, "cannot connect to the database; retrying");
                 }
             }
             let delay = reconnect_delay(failures);
@@ -97,13 +100,14 @@ pub fn reconnect_delay(failures: u32) -> Duration {
 
 async fn connect(
     url: &str,
+    tls: MakeRustlsConnect,
     wake: Arc<Notify>,
 ) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
-    let mut config: tokio_postgres::Config = url.parse()?;
+    let mut config: tokio_postgres::Config = crate::db_tls::accept_verify_modes(url).parse()?;
     config.application_name("byok-sidecar");
     config.connect_timeout(Duration::from_secs(5));
     config.keepalives_idle(Duration::from_secs(30));
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(tls).await?;
     let driver = tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
@@ -262,12 +266,20 @@ pub async fn queue_depth(
 }
 
 /// A readable one-line description (tokio-postgres' `Display` hides the
-/// server's message behind "db error").
+/// server's message behind "db error", and the cause of a TLS or I/O
+/// failure, e.g. which certificate check failed, behind its kind).
 pub fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
-        None => e.to_string(),
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
     }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Whether the error means the function is missing or not granted (an

@@ -6,6 +6,7 @@
 pub mod breaker;
 pub mod config;
 pub mod db;
+pub mod db_tls;
 pub mod job;
 pub mod logging;
 pub mod metrics;

@@ -94,6 +94,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let wake = Arc::new(Notify::new());
     let db = db::supervise(
         cfg.database_url.clone(),
+        cfg.db_tls.clone(),
         wake.clone(),
         metrics.clone(),
         db_stop.clone(),

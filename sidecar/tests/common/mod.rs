@@ -5,6 +5,7 @@
 
 mod http;
 mod mock;
+pub mod pki;
 
 pub use http::{free_port, http, http_try};
 pub use mock::Mock;
@@ -61,6 +62,16 @@ impl Env {
     /// Starts a sidecar named `name`; `overrides` replace default flags
     /// (given as pairs: `&[("--concurrency", "4")]`).
     pub fn sidecar(&self, name: &str, overrides: &[(&str, &str)]) -> Sidecar {
+        let sc = self.spawn_sidecar(name, overrides);
+        wait_until(&format!("{name} ready"), Duration::from_secs(30), || {
+            http_try(&sc.metrics, "GET", "/readyz", None).is_some_and(|(c, _)| c == 200)
+        });
+        sc
+    }
+
+    /// Like [`Env::sidecar`] without waiting for it to be ready (for
+    /// sidecars that must not get a database connection).
+    pub fn spawn_sidecar(&self, name: &str, overrides: &[(&str, &str)]) -> Sidecar {
         let metrics = format!("127.0.0.1:{}", free_port());
         let url = self.cluster.url_as("sidecar");
         let mut flags: Vec<(String, String)> = [
@@ -98,16 +109,12 @@ impl Env {
             .stderr(out)
             .spawn()
             .expect("spawn byok-sidecar");
-        let sc = Sidecar {
+        Sidecar {
             child: Some(child),
             name: name.to_owned(),
             metrics,
             log,
-        };
-        wait_until(&format!("{name} ready"), Duration::from_secs(30), || {
-            http_try(&sc.metrics, "GET", "/readyz", None).is_some_and(|(c, _)| c == 200)
-        });
-        sc
+        }
     }
 
     pub fn db(&self) -> Client {
