@@ -13,12 +13,23 @@ DECLARE
     sealed record;
     k byok.keys;
     clean_label text;
+    state text;
 BEGIN
     PERFORM byok._require(add_key.workspace_id, 'workspace_id');
     PERFORM byok._require(add_key.vendor, 'vendor');
     PERFORM byok._require(add_key.api_key, 'api_key');
     IF NOT byok.authorize(add_key.workspace_id) THEN
         PERFORM byok._deny_workspace(add_key.workspace_id);
+    END IF;
+    state := byok._workspace_state(add_key.workspace_id);
+    IF state = ' missing' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('workspace %s does not exist', add_key.workspace_id),
+            HINT = 'Add keys to an existing workspace (the table given to byok.attach_workspaces).';
+    ELSIF state = ANY (byok._inactive_statuses()) THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('workspace %s is %s; it cannot take new keys', add_key.workspace_id, state),
+            HINT = 'Reactivate the workspace first, then add the key again.';
     END IF;
     clean_label := byok._clean_text(add_key.label, 'label', 200);
     -- Normalise, check the shape and encrypt, all in Rust, before any row exists.
@@ -107,10 +118,12 @@ BEGIN
     IF k.status = 'unverified' THEN
         UPDATE byok.keys SET status = 'pending', status_detail = NULL WHERE id = k.id RETURNING * INTO k;
     END IF;
-    -- A job under a live lease is left alone: its worker will finish it.
+    -- A queued job is brought forward but keeps its attempt count, so
+    -- revalidating cannot retry a key forever; a job under a live lease is
+    -- left alone: its worker will finish it.
     INSERT INTO byok.jobs (key_id) VALUES (k.id)
     ON CONFLICT (key_id) DO UPDATE
-        SET attempts = 0, run_after = clock_timestamp(), lease_token = NULL, leased_by = NULL
+        SET run_after = clock_timestamp(), lease_token = NULL, leased_by = NULL
         WHERE byok.jobs.lease_token IS NULL OR byok.jobs.run_after <= clock_timestamp();
     PERFORM pg_notify('byok_jobs', '');
     PERFORM byok._audit('revalidate', k.id, k.workspace_id, k.vendor, k.status, NULL);

@@ -114,9 +114,7 @@ CREATE TABLE byok.member_source (
     singleton        boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     member_table     regclass NOT NULL,
     workspace_column name NOT NULL,
-    user_column      name NOT NULL,
-    -- The membership test, built once by attach_members from the columns' types.
-    check_sql        text NOT NULL
+    user_column      name NOT NULL
 );
 
 -- Which app tables revoke keys when a workspace goes away (byok.attach_workspaces).

@@ -12,24 +12,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 ELSE current_setting('role') END
 $$;
 
--- The caller's JWT subject: auth.uid() where Supabase's auth schema has it,
--- else the claims PostgREST sets. NULL outside an API request.
+-- The caller's JWT subject, read from the settings PostgREST sets for each
+-- request -- the same ones Supabase's auth.uid() reads. auth.uid() itself is
+-- not called: these functions run as the extension's owner, and whoever owns
+-- schema `auth` (or creates one) would get their code run with that power.
+-- NULL outside an API request.
 CREATE FUNCTION byok._jwt_sub() RETURNS text
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    sub text;
-BEGIN
-    IF to_regprocedure('auth.uid()') IS NOT NULL THEN
-        EXECUTE 'SELECT auth.uid()::text' INTO sub;
-    END IF;
-    IF sub IS NULL THEN
-        sub := nullif(current_setting('request.jwt.claim.sub', true), '');
-    END IF;
-    IF sub IS NULL THEN
-        sub := nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub';
-    END IF;
-    RETURN nullif(sub, '');
-END
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT nullif(coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
+                           nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'), '')
 $$;
 
 -- Superusers and Supabase's service_role may act on every workspace.
@@ -118,9 +109,14 @@ DECLARE
     k byok.keys;
 BEGIN
     PERFORM byok._require(key_id, 'key_id');
-    SELECT * INTO k FROM byok.keys WHERE id = key_id FOR UPDATE;
+    -- Authorize before locking: a stranger must not be able to hold a lock
+    -- on another tenant's key (nor time one to learn it exists).
+    SELECT * INTO k FROM byok.keys WHERE id = key_id;
     IF FOUND AND byok.authorize(k.workspace_id) THEN
-        RETURN k;
+        SELECT * INTO k FROM byok.keys WHERE id = key_id FOR UPDATE;
+        IF FOUND THEN
+            RETURN k;
+        END IF;
     END IF;
     IF NOT FOUND AND byok._caller_is_trusted() THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('no key with id %s', key_id),

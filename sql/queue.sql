@@ -44,7 +44,9 @@ $$;
 CREATE FUNCTION byok.claim_jobs(worker text, max_jobs integer DEFAULT 16, lease_seconds integer DEFAULT 60)
 RETURNS TABLE(job_id bigint, key_id uuid, workspace_id uuid, vendor text, api_key text,
               attempt integer, lease_token uuid)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- work_mem: the result (plaintext keys) is built in a tuplestore, which must
+-- never spill to a temporary file; 1,000 keys need well under 1 MB.
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET work_mem = '4MB' AS $$
 #variable_conflict use_column
 DECLARE
     who text := byok._check_worker_args(claim_jobs.worker);

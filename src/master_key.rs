@@ -46,6 +46,9 @@ pub fn source() -> Option<&'static str> {
 }
 
 fn load() -> Result<(Keyring, &'static str), ExtError> {
+    // Scrubbed even when the file wins: a key left in the environment would
+    // otherwise sit in /proc/<pid>/environ and every core dump.
+    let env_key = take_env_key();
     let path = MASTER_KEY_FILE
         .get()
         .map(|p| p.to_string_lossy().into_owned())
@@ -53,7 +56,7 @@ fn load() -> Result<(Keyring, &'static str), ExtError> {
     if let Some(path) = path {
         return Ok((read_keyring_file(&path)?, "file"));
     }
-    match take_env_key() {
+    match env_key {
         Some(hex) => Ok((Keyring::from_env_value(&hex)?, "environment")),
         None => Err(ExtError::NoMasterKey),
     }
@@ -79,16 +82,18 @@ fn read_keyring_file(path: &str) -> Result<Keyring, ExtError> {
 
 /// Read `BYOK_MASTER_KEY` and remove it from this process's environment.
 ///
-/// Removing the variable is not enough: `/proc/<pid>/environ` shows the
-/// process's original environment block, where the value still sits. So the
-/// value's bytes are overwritten in place first, then the variable is unset.
+/// Unsetting is not enough: Postgres moves `environ` to a copy at start-up
+/// (to make room for its process title), while `/proc/<pid>/environ` keeps
+/// showing the original block. So the value is overwritten in both places,
+/// then the variable is unset.
 fn take_env_key() -> Option<zeroize::Zeroizing<String>> {
     let name = c"BYOK_MASTER_KEY";
     // SAFETY: getenv/unsetenv are called from the backend's (or postmaster's)
     // only thread, during start-up or a function call; nothing else reads the
     // environment concurrently. The pointer getenv returns points at a
-    // NUL-terminated string we may overwrite: it is this process's own copy.
-    unsafe {
+    // NUL-terminated string in this process's own memory, which we may
+    // overwrite before unsetting the variable.
+    let value = unsafe {
         let ptr = libc::getenv(name.as_ptr());
         if ptr.is_null() {
             return None;
@@ -98,7 +103,43 @@ fn take_env_key() -> Option<zeroize::Zeroizing<String>> {
         let value = zeroize::Zeroizing::new(String::from_utf8_lossy(bytes).into_owned());
         std::ptr::write_bytes(ptr, b'0', len);
         libc::unsetenv(name.as_ptr());
-        debug_assert!(std::env::var_os(ENV_VAR).is_none());
-        Some(value)
+        value
+    };
+    scrub_original_environment(b"BYOK_MASTER_KEY=");
+    debug_assert!(std::env::var_os(ENV_VAR).is_none());
+    Some(value)
+}
+
+/// Overwrite `NAME=value` entries in the process's original environment
+/// block (the range /proc/self/stat gives as env_start..env_end).
+fn scrub_original_environment(prefix: &[u8]) {
+    let Some((start, end)) = original_environment_range() else {
+        return;
+    };
+    // SAFETY: env_start..env_end is this process's initial environment block,
+    // mapped read-write at the top of its own stack for the life of the
+    // process; nothing else refers to it once Postgres has copied `environ`,
+    // and we only overwrite bytes inside it.
+    let block = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, end - start) };
+    let mut i = 0;
+    while let Some(off) = memchr::memmem::find(&block[i..], prefix) {
+        let value_start = i + off + prefix.len();
+        let value_end = block[value_start..]
+            .iter()
+            .position(|&b| b == 0)
+            .map_or(block.len(), |p| value_start + p);
+        block[value_start..value_end].fill(b'0');
+        i = value_end;
     }
+}
+
+/// env_start and env_end (fields 50 and 51 of /proc/self/stat).
+fn original_environment_range() -> Option<(usize, usize)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let start: usize = fields.get(50 - 3)?.parse().ok()?;
+    let end: usize = fields.get(51 - 3)?.parse().ok()?;
+    (start != 0 && end > start).then_some((start, end))
 }

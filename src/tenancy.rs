@@ -140,4 +140,153 @@ mod tests {
         Spi::run("TRUNCATE app.orgs").unwrap();
         assert_eq!(live_keys(WS), 0);
     }
+
+    /// A non-superuser app owner, and a table recording whoever runs its code.
+    fn hostile_app_owner() {
+        app_schema();
+        Spi::run(
+            "CREATE ROLE byok_test_owner NOLOGIN;
+             CREATE TABLE app.seen (who text);
+             GRANT INSERT ON app.seen TO PUBLIC;
+             ALTER SCHEMA app OWNER TO byok_test_owner;
+             ALTER TABLE app.people OWNER TO byok_test_owner;
+             ALTER TABLE app.orgs OWNER TO byok_test_owner;
+             CREATE ROLE byok_test_member NOLOGIN;
+             GRANT USAGE ON SCHEMA byok TO byok_test_member;
+             GRANT EXECUTE ON FUNCTION byok.authorize(uuid) TO byok_test_member;
+             INSERT INTO app.people VALUES ('11111111-1111-1111-1111-111111111111', 'aaaaaaaa-0000-0000-0000-000000000001');
+             CREATE FUNCTION app.pwn() RETURNS boolean LANGUAGE plpgsql AS
+               $f$ BEGIN INSERT INTO app.seen VALUES (current_user); RETURN true; END $f$;
+             ALTER FUNCTION app.pwn() OWNER TO byok_test_owner;",
+        )
+        .unwrap();
+        Spi::run("SELECT byok.attach_members('app.people', 'org_ref', 'person')").unwrap();
+    }
+
+    fn authorize_as_member(ws: &str) -> Option<bool> {
+        Spi::run("SELECT set_config('request.jwt.claims', '{\"sub\":\"aaaaaaaa-0000-0000-0000-000000000001\"}', true)").unwrap();
+        Spi::run("SET LOCAL ROLE byok_test_member").unwrap();
+        let ok = Spi::get_one::<bool>(&format!("SELECT byok.authorize('{ws}')")).unwrap();
+        Spi::run("RESET ROLE").unwrap();
+        ok
+    }
+
+    fn code_ran_as() -> Vec<String> {
+        Spi::get_one::<Vec<String>>("SELECT coalesce(array_agg(who), '{}') FROM app.seen")
+            .unwrap()
+            .unwrap()
+    }
+
+    #[pg_test]
+    fn a_view_swapped_in_for_the_member_table_is_never_read() {
+        hostile_app_owner();
+        Spi::run(
+            "SET LOCAL ROLE byok_test_owner;
+             ALTER TABLE app.people RENAME TO people_real;
+             CREATE VIEW app.people AS SELECT * FROM app.people_real WHERE app.pwn();
+             RESET ROLE;",
+        )
+        .unwrap();
+        assert_eq!(
+            authorize_as_member(WS),
+            Some(true),
+            "the renamed table is still the rule"
+        );
+        assert!(
+            code_ran_as().is_empty(),
+            "the view's code ran: {:?}",
+            code_ran_as()
+        );
+    }
+
+    #[pg_test]
+    fn a_home_made_auth_uid_is_never_called() {
+        hostile_app_owner();
+        Spi::run(
+            "DO $d$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO byok_test_owner', current_database()); END $d$;
+             SET LOCAL ROLE byok_test_owner;
+             CREATE SCHEMA auth;
+             CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE plpgsql AS
+               $f$ BEGIN INSERT INTO app.seen VALUES (current_user); RETURN 'aaaaaaaa-0000-0000-0000-000000000001'; END $f$;
+             RESET ROLE;",
+        )
+        .unwrap();
+        assert_eq!(authorize_as_member(WS), Some(true));
+        assert!(
+            code_ran_as().is_empty(),
+            "auth.uid() ran: {:?}",
+            code_ran_as()
+        );
+    }
+
+    #[pg_test]
+    fn status_columns_are_never_cast_with_someone_elses_code() {
+        hostile_app_owner();
+        Spi::run(
+            "SET LOCAL ROLE byok_test_owner;
+             CREATE TYPE app.st AS (s text);
+             CREATE FUNCTION app.st_text(app.st) RETURNS text LANGUAGE plpgsql AS
+               $f$ BEGIN INSERT INTO app.seen VALUES (current_user); RETURN 'paused'; END $f$;
+             CREATE CAST (app.st AS text) WITH FUNCTION app.st_text(app.st);
+             ALTER TABLE app.orgs ADD COLUMN st app.st;
+             RESET ROLE;",
+        )
+        .unwrap();
+        refused(
+            "SELECT byok.attach_workspaces('app.orgs', 'org_uuid', 'st')",
+            "22023",
+        );
+        // Attached while text, then retyped behind pg_byok's back: fail closed.
+        Spi::run("SELECT byok.attach_workspaces('app.orgs', 'org_uuid', 'lifecycle')").unwrap();
+        Spi::run(
+            "SET LOCAL ROLE byok_test_owner;
+             ALTER TABLE app.orgs DROP COLUMN lifecycle;
+             ALTER TABLE app.orgs RENAME COLUMN st TO lifecycle;
+             RESET ROLE;",
+        )
+        .unwrap();
+        let state = sqlstate_of("UPDATE app.orgs SET lifecycle = ROW('x')");
+        assert_eq!(state.as_deref(), Some("55000"));
+        assert!(
+            code_ran_as().is_empty(),
+            "the cast ran: {:?}",
+            code_ran_as()
+        );
+    }
+
+    #[pg_test]
+    fn changing_a_workspace_id_revokes_the_old_ids_keys() {
+        app_schema();
+        Spi::run("SELECT byok.attach_workspaces('app.orgs', 'org_uuid', 'lifecycle')").unwrap();
+        add("openai", &openai_key('i'));
+        Spi::run(&format!(
+            "UPDATE app.orgs SET org_uuid = gen_random_uuid(), lifecycle = 'deleted' WHERE org_uuid = '{WS}'"
+        ))
+        .unwrap();
+        assert_eq!(live_keys(WS), 0);
+    }
+
+    #[pg_test]
+    fn keys_cannot_be_added_to_missing_or_inactive_workspaces() {
+        app_schema();
+        Spi::run("SELECT byok.attach_workspaces('app.orgs', 'org_uuid', 'lifecycle')").unwrap();
+        Spi::run(&format!(
+            "UPDATE app.orgs SET lifecycle = 'Suspended' WHERE org_uuid = '{WS}'"
+        ))
+        .unwrap();
+        refused(
+            &format!(
+                "SELECT byok.add_key('{WS}', 'openai', '{}')",
+                openai_key('m')
+            ),
+            "55000",
+        );
+        refused(
+            &format!(
+                "SELECT byok.add_key(gen_random_uuid(), 'openai', '{}')",
+                openai_key('n')
+            ),
+            "22023",
+        );
+    }
 }

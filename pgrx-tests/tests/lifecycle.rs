@@ -709,6 +709,17 @@ fn no_master_key_at_all_gives_55000() {
         !settings.iter().any(|s| s.contains(&mk)),
         "master key visible in pg_settings"
     );
+    // Nor in any server process's environment, as /proc shows it.
+    let backend: i32 = db.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let pid_file = std::fs::read_to_string(c.data_dir().join("postmaster.pid")).unwrap();
+    let postmaster = pid_file.lines().next().unwrap().trim().to_string();
+    for pid in [postmaster, backend.to_string()] {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        assert!(
+            !environ.windows(mk.len()).any(|w| w == mk.as_bytes()),
+            "BYOK_MASTER_KEY still in /proc/{pid}/environ"
+        );
+    }
     drop(db);
 
     c.set_master_key_env(None);

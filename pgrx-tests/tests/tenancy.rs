@@ -1348,18 +1348,28 @@ fn status_changes_revoke_and_restoring_does_not_bring_keys_back() {
     }
     assert_eq!(use_key(&mut db, t.ws, "anthropic").unwrap(), fresh);
 
-    // Going from one inactive status to another revokes keys added meanwhile.
+    // An inactive workspace takes no new keys: no later status change would
+    // ever revoke them.
     let t2 = &tenants[1];
-    let late = add_key(&mut db, t2.ws, "openai", &sample_key("openai", 7801), None).unwrap();
-    db.execute(
-        "UPDATE app.orgs SET lifecycle = 'paused' WHERE org_uuid = $1",
-        &[&t2.ws],
-    )
-    .unwrap();
-    assert_eq!(
-        key_by_id(&mut db, t2.ws, late.id).status,
-        "revoked",
-        "cancelled → paused revokes the late key"
+    let refused = sample_key("openai", 7801);
+    let e = expect_state(
+        add_key(&mut db, t2.ws, "openai", &refused, None),
+        "55000",
+        "add_key to a cancelled workspace",
+    );
+    assert_no_key_material(&error_text(&e), &[&refused], "55000 error");
+    assert!(
+        list_keys(&mut db, t2.ws)
+            .unwrap()
+            .iter()
+            .all(|k| k.status == "revoked"),
+        "the refused add left no live key"
+    );
+    // Nor does a workspace the attached table does not have.
+    expect_state(
+        add_key(&mut db, Uuid::new_v4(), "openai", &refused, None),
+        "22023",
+        "add_key to a workspace that does not exist",
     );
 }
 
