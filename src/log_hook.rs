@@ -48,22 +48,58 @@ const STATEMENT_LABEL: &[u8] = b"STATEMENT (redacted):  ";
 /// after redaction so it sees masked text too.
 static mut PREV_EMIT_LOG_HOOK: pg_sys::emit_log_hook_type = None;
 
-/// Install the hook, chaining to any hook already present. Called once from
-/// `_PG_init` (in the postmaster when preloaded, so every backend inherits
-/// it; otherwise in the backend that loaded the library).
+static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
+
+/// Install the hooks (this file's `emit_log_hook` and `utility.rs`'s
+/// `ProcessUtility_hook`). Called once from `_PG_init`.
+///
+/// Both must be the outermost hooks of their kind, so that every other
+/// library's hook (a log shipper, pg_stat_statements) only ever sees masked
+/// text, whatever the order of `shared_preload_libraries`. When preloaded
+/// they are therefore installed from `shmem_request_hook`, which the
+/// postmaster runs after every preloaded library's `_PG_init` (backends
+/// inherit them by fork); when loaded into a single backend, every preloaded
+/// library's hooks are already in place, so they are installed at once.
 pub fn install() {
     // SAFETY: _PG_init runs on the only thread, during library load; these
-    // statics are read only by the hook, which cannot run concurrently.
+    // statics are ours and read only by our hooks.
+    unsafe {
+        if pg_sys::process_shared_preload_libraries_in_progress {
+            PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
+            pg_sys::shmem_request_hook = Some(byok_shmem_request);
+        } else {
+            install_hooks();
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn byok_shmem_request() {
+    // SAFETY: our own static, set once in install().
+    let prev = unsafe { PREV_SHMEM_REQUEST };
+    if let Some(prev) = prev {
+        // SAFETY: the previously installed hook, called as Postgres would.
+        unsafe { prev() };
+    }
+    // SAFETY: the postmaster calls shmem_request_hook once, after all
+    // preloaded libraries are loaded, on its only thread.
+    unsafe { install_hooks() };
+}
+
+/// # Safety
+/// Library load or postmaster startup, single thread.
+unsafe fn install_hooks() {
+    // SAFETY: caller's contract.
     unsafe {
         let ours: pg_sys::emit_log_hook_type = Some(byok_emit_log_hook);
         let current = pg_sys::emit_log_hook;
-        if current.map(|f| f as usize) == ours.map(|f| f as usize) {
-            return; // already installed: never chain to ourselves
+        // Never chain to ourselves (a second call changes nothing).
+        if current.map(|f| f as usize) != ours.map(|f| f as usize) {
+            PREV_EMIT_LOG_HOOK = current;
+            pg_sys::emit_log_hook = ours;
         }
-        PREV_EMIT_LOG_HOOK = current;
-        pg_sys::emit_log_hook = ours;
+        utility::install_process_utility();
     }
-    utility::install();
 }
 
 #[pg_guard]
@@ -258,7 +294,12 @@ fn may_hold_key(bytes: &[u8]) -> bool {
     // SAFETY: memmem reads exactly bytes.len() bytes of the slice and
     // PREFIX.len() bytes of the needle, and only returns a pointer into them.
     let found = unsafe {
-        libc::memmem(bytes.as_ptr().cast(), bytes.len(), PREFIX.as_ptr().cast(), PREFIX.len())
+        libc::memmem(
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            PREFIX.as_ptr().cast(),
+            PREFIX.len(),
+        )
     };
     !found.is_null()
 }
@@ -407,6 +448,17 @@ mod tests {
         assert!(!e.hide_stmt);
         assert!(e.detail_log.is_null());
         assert_eq!(text(e.message).unwrap(), "plain");
+    }
+
+    #[pg_test]
+    fn the_log_hook_is_installed_outermost() {
+        // SAFETY: reading a hook pointer.
+        let current = unsafe { pg_sys::emit_log_hook };
+        assert_eq!(
+            current.map(|f| f as usize),
+            Some(byok_emit_log_hook as *const () as usize),
+            "pg_byok's emit_log_hook is the outermost one"
+        );
     }
 
     #[pg_test]

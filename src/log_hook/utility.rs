@@ -15,9 +15,8 @@
 //! masked text too.
 //!
 //! To see the statement before pg_stat_statements does, the hook must be
-//! the outermost one, whatever the order of `shared_preload_libraries`: when
-//! preloaded it is installed from `shmem_request_hook`, which Postgres runs
-//! after every preloaded library's `_PG_init`.
+//! the outermost one, whatever the order of `shared_preload_libraries`; see
+//! `log_hook::install` for how.
 //!
 //! The hook is not `#[pg_guard]`ed on purpose: errors raised by the utility
 //! command must travel through it untouched (pgrx would re-raise them as its
@@ -29,13 +28,11 @@ use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 
 use super::{may_hold_key, palloc_cstring};
 use crate::settings::REDACT_LOGS;
 
 static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
-static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
 
 unsafe extern "C-unwind" {
     /// The same symbol as `pg_sys::standard_ProcessUtility`, without pgrx's
@@ -53,24 +50,12 @@ unsafe extern "C-unwind" {
     );
 }
 
-/// Called from `log_hook::install` (from `_PG_init`).
-pub(super) fn install() {
-    // SAFETY: library load, single thread; the statics are ours.
-    unsafe {
-        if pg_sys::process_shared_preload_libraries_in_progress {
-            PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
-            pg_sys::shmem_request_hook = Some(byok_shmem_request);
-        } else {
-            // Loaded into one backend: every preloaded library's hook is
-            // already in place, so installing now makes this one outermost.
-            install_process_utility();
-        }
-    }
-}
-
+/// Install the hook as the outermost `ProcessUtility_hook` (called by
+/// `log_hook::install_hooks`, see there for when).
+///
 /// # Safety
 /// Postmaster startup or library load, single thread.
-unsafe fn install_process_utility() {
+pub(super) unsafe fn install_process_utility() {
     // SAFETY: caller's contract.
     unsafe {
         let ours: pg_sys::ProcessUtility_hook_type = Some(byok_process_utility);
@@ -81,19 +66,6 @@ unsafe fn install_process_utility() {
         PREV_PROCESS_UTILITY = current;
         pg_sys::ProcessUtility_hook = ours;
     }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn byok_shmem_request() {
-    // SAFETY: our own static, set once in install().
-    let prev = unsafe { PREV_SHMEM_REQUEST };
-    if let Some(prev) = prev {
-        // SAFETY: the previously installed hook, called as Postgres would.
-        unsafe { prev() };
-    }
-    // SAFETY: Postgres calls shmem_request_hook in the postmaster after all
-    // preloaded libraries are loaded, on its only thread.
-    unsafe { install_process_utility() };
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -121,7 +93,16 @@ unsafe extern "C-unwind" fn byok_process_utility(
     // (which outlives this call).
     unsafe {
         match prev {
-            Some(prev) => prev(pstmt, text, read_only_tree, context, params, query_env, dest, qc),
+            Some(prev) => prev(
+                pstmt,
+                text,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
             None => raw_standard_process_utility(
                 pstmt,
                 text,
@@ -221,9 +202,10 @@ fn still_key_shaped(bytes: &[u8]) -> bool {
 }
 
 #[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
+#[pgrx::pg_schema]
 mod tests {
     use super::*;
+    use pgrx::prelude::*;
 
     #[pg_test]
     fn same_length_masking_keeps_offsets_and_the_last_four() {
@@ -233,7 +215,10 @@ mod tests {
         assert_eq!(m.len(), q.len());
         let m = String::from_utf8(m).unwrap();
         assert!(!byok_core::redact::contains_key_shaped(&m), "{m}");
-        assert!(m.starts_with("SELECT 1; DO $$ BEGIN PERFORM length('*"), "{m}");
+        assert!(
+            m.starts_with("SELECT 1; DO $$ BEGIN PERFORM length('*"),
+            "{m}"
+        );
         assert!(m.contains("**zzAA'); END $$; -- Bearer***"), "{m}");
         assert!(m.ends_with("*zzAA"), "{m}");
     }
