@@ -5,8 +5,9 @@
 //! `DECLARE … CURSOR`, `CREATE TABLE … AS`, …) verbatim, in its view and in
 //! a file under the data directory. This `ProcessUtility_hook` hands the
 //! rest of the chain (pg_stat_statements, then Postgres) a copy of the query
-//! text in which every key-shaped run is masked with `*` except its last 4
-//! characters, **keeping every byte offset**: statement locations, error
+//! text in which every key-shaped run is masked (letters and digits become
+//! `x`, dashes stay) except its last 4 characters, **keeping every byte
+//! offset**: statement locations, error
 //! positions and pg_stat_statements' cut of a multi-statement string stay
 //! valid. Execution is unaffected: utility commands run from their parse
 //! trees, not from the text, which only serves as a label (error positions
@@ -132,7 +133,7 @@ unsafe fn masked_query_string(query_string: *const c_char) -> *const c_char {
         return query_string;
     };
     // SAFETY: the current context is valid during ProcessUtility; masked
-    // has no NUL (only key bytes were replaced, by '*').
+    // has no NUL (only key bytes were replaced, by 'x').
     let copy = unsafe { palloc_cstring(pg_sys::CurrentMemoryContext, &[&masked]) };
     if copy.is_null() {
         query_string // out of memory: the statement still runs
@@ -145,12 +146,12 @@ fn is_key_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
 }
 
-/// `bytes` with each key-shaped run overwritten by `*` except its last 4
-/// characters, same length; `None` when there is none. A run is key-shaped
+/// `bytes` with each key-shaped run overwritten (see [`blank`]) except its
+/// last 4 characters, same length; `None` when there is none. A run is key-shaped
 /// exactly as byok-core's `redact` decides (the first `sk-` of a stretch of
 /// key characters, followed by 20 or more of them), and the result is
 /// checked against byok-core's rule: if that rule still finds something, every
-/// stretch of 23+ key characters is starred out whole.
+/// stretch of 23+ key characters is blanked whole.
 fn mask_same_length(bytes: &[u8]) -> Option<Vec<u8>> {
     if !may_hold_key(bytes) {
         return None;
@@ -170,7 +171,7 @@ fn mask_same_length(bytes: &[u8]) -> Option<Vec<u8>> {
         let stretch = &out[start..i];
         if let Some(p) = stretch.windows(3).position(|w| w == b"sk-") {
             if stretch.len() - p - 3 >= 20 {
-                out[start + p..i - 4].fill(b'*');
+                blank(&mut out[start + p..i - 4]);
                 changed = true;
             }
         }
@@ -186,12 +187,24 @@ fn mask_same_length(bytes: &[u8]) -> Option<Vec<u8>> {
                 i += 1;
             }
             if i - start >= 23 {
-                out[start..i].fill(b'*');
+                blank(&mut out[start..i]);
             }
             i += 1;
         }
     }
     Some(out)
+}
+
+/// Overwrite key characters with `x`, keeping every `-`. Letters cannot
+/// open or close a quote, a comment or an operator, and keeping the dashes
+/// keeps any `--` comment where it was, so the masked text lexes into the
+/// same tokens at the same offsets (pg_stat_statements re-lexes the text of
+/// a statement analysed inside a utility command, e.g. `PREPARE`, to find
+/// its constants). `sk-` becomes `xx-`, so nothing is key-shaped anymore.
+fn blank(run: &mut [u8]) {
+    for b in run.iter_mut().filter(|b| **b != b'-') {
+        *b = b'x';
+    }
 }
 
 /// byok-core's verdict on `bytes` (each valid UTF-8 stretch).
@@ -215,12 +228,19 @@ mod tests {
         assert_eq!(m.len(), q.len());
         let m = String::from_utf8(m).unwrap();
         assert!(!byok_core::redact::contains_key_shaped(&m), "{m}");
-        assert!(
-            m.starts_with("SELECT 1; DO $$ BEGIN PERFORM length('*"),
-            "{m}"
+        let masked_key = format!("xx-xxx-xxxxx-{}zzAA", "x".repeat(91));
+        assert_eq!(masked_key.len(), k.len());
+        assert_eq!(
+            m,
+            format!("SELECT 1; DO $$ BEGIN PERFORM length('{masked_key}'); END $$; -- Bearer{masked_key}")
         );
-        assert!(m.contains("**zzAA'); END $$; -- Bearer***"), "{m}");
-        assert!(m.ends_with("*zzAA"), "{m}");
+    }
+
+    #[pg_test]
+    fn dashes_stay_so_comments_stay() {
+        let k = format!("sk-{}--{}", "a".repeat(30), "b".repeat(30));
+        let m = mask_same_length(k.as_bytes()).unwrap();
+        assert_eq!(String::from_utf8(m).unwrap(), format!("xx-{}--{}bbbb", "x".repeat(30), "x".repeat(26)));
     }
 
     #[pg_test]
