@@ -141,8 +141,9 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'retry_after_seconds must be between 0 and 86400',
             HINT = 'Pass the vendor''s Retry-After in seconds, or NULL.';
     END IF;
-    note := byok._clean_text(left(finish_job.detail, 4000), 'detail', 4000);
-    note := left(note, 1000);
+    -- Redact before cutting: a key cut in half would no longer look like one.
+    -- (The 64 kB bound only stops a runaway body; it is far past the cut.)
+    note := left(byok.redact(nullif(btrim(left(finish_job.detail, 65536)), '')), 1000);
 
     SELECT * INTO j FROM byok.jobs WHERE id = finish_job.job_id FOR UPDATE;
     IF NOT FOUND OR j.lease_token IS DISTINCT FROM finish_job.lease_token THEN

@@ -286,22 +286,11 @@ fn redact_bytes(bytes: &[u8]) -> Option<Vec<u8>> {
     })
 }
 
-/// Whether `bytes` contains `sk-`, which every key-shaped run starts with:
-/// the fast path of every log line, one SIMD scan by the C library's
-/// memmem, no UTF-8 validation, no searcher to build.
-fn may_hold_key(bytes: &[u8]) -> bool {
-    const PREFIX: &[u8] = b"sk-";
-    // SAFETY: memmem reads exactly bytes.len() bytes of the slice and
-    // PREFIX.len() bytes of the needle, and only returns a pointer into them.
-    let found = unsafe {
-        libc::memmem(
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            PREFIX.as_ptr().cast(),
-            PREFIX.len(),
-        )
-    };
-    !found.is_null()
+/// byok-core's cheap pre-check (`sk-`, or a long stretch of key
+/// characters): the fast path of every log line, no UTF-8 validation, no
+/// allocation.
+pub(crate) fn may_hold_key(bytes: &[u8]) -> bool {
+    byok_core::redact::may_hold_key(bytes)
 }
 
 /// A NUL-terminated concatenation of `parts`, allocated in `cx`; NULL when
@@ -379,6 +368,7 @@ mod tests {
         assert!(!may_hold_key(b"plain log line \xff with - dashes sk"));
         assert!(may_hold_key(b"x sk-"));
         assert!(may_hold_key(b"sk-learn"));
+        assert!(may_hold_key(&[b'k'; 40]));
     }
 
     #[pg_test]

@@ -101,9 +101,9 @@ mod tests {
 
     #[test]
     fn unknown_vendor_quotes_at_most_20_chars() {
-        let long = "abcdefghij".repeat(10);
+        let long = "abcdefghij ".repeat(10);
         let msg = Vendor::parse(&long).unwrap_err().to_string();
-        assert!(msg.contains("abcdefghijabcdefghij"));
-        assert!(!msg.contains("abcdefghijabcdefghija"));
+        assert!(msg.contains("abcdefghij abcdefghi"));
+        assert!(!msg.contains("abcdefghij abcdefghij"));
     }
 }

@@ -142,55 +142,22 @@ unsafe fn masked_query_string(query_string: *const c_char) -> *const c_char {
     }
 }
 
-fn is_key_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
-}
-
-/// `bytes` with each key-shaped run overwritten (see [`blank`]) except its
-/// last 4 characters, same length; `None` when there is none. A run is key-shaped
-/// exactly as byok-core's `redact` decides (the first `sk-` of a stretch of
-/// key characters, followed by 20 or more of them), and the result is
-/// checked against byok-core's rule: if that rule still finds something, every
-/// stretch of 23+ key characters is blanked whole.
+/// `bytes` with each key-shaped run (byok-core's [`key_ranges`], the rule
+/// used everywhere) overwritten (see [`blank`]) except its last 4
+/// characters, same length; `None` when there is none.
+///
+/// [`key_ranges`]: byok_core::redact::key_ranges
 fn mask_same_length(bytes: &[u8]) -> Option<Vec<u8>> {
     if !may_hold_key(bytes) {
         return None;
     }
-    let mut out = bytes.to_vec();
-    let mut changed = false;
-    let mut i = 0;
-    while i < out.len() {
-        if !is_key_byte(out[i]) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < out.len() && is_key_byte(out[i]) {
-            i += 1;
-        }
-        let stretch = &out[start..i];
-        if let Some(p) = stretch.windows(3).position(|w| w == b"sk-") {
-            if stretch.len() - p - 3 >= 20 {
-                blank(&mut out[start + p..i - 4]);
-                changed = true;
-            }
-        }
-    }
-    if !changed {
+    let ranges = byok_core::redact::key_ranges(bytes);
+    if ranges.is_empty() {
         return None;
     }
-    if still_key_shaped(&out) {
-        let mut i = 0;
-        while i < out.len() {
-            let start = i;
-            while i < out.len() && is_key_byte(out[i]) {
-                i += 1;
-            }
-            if i - start >= 23 {
-                blank(&mut out[start..i]);
-            }
-            i += 1;
-        }
+    let mut out = bytes.to_vec();
+    for (start, end) in ranges {
+        blank(&mut out[start..end.saturating_sub(4).max(start)]);
     }
     Some(out)
 }
@@ -207,13 +174,6 @@ fn blank(run: &mut [u8]) {
     }
 }
 
-/// byok-core's verdict on `bytes` (each valid UTF-8 stretch).
-fn still_key_shaped(bytes: &[u8]) -> bool {
-    bytes
-        .utf8_chunks()
-        .any(|c| byok_core::redact::contains_key_shaped(c.valid()))
-}
-
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {
@@ -227,12 +187,15 @@ mod tests {
         let m = mask_same_length(q.as_bytes()).unwrap();
         assert_eq!(m.len(), q.len());
         let m = String::from_utf8(m).unwrap();
-        assert!(!byok_core::redact::contains_key_shaped(&m), "{m}");
+        // The blanked run is still a long stretch of key characters (so the
+        // log hook would mask it again), but none of the key is left.
+        assert!(!m.contains("sk-") && !m.contains("zzzzzzzz"), "{m}");
         let masked_key = format!("xx-xxx-xxxxx-{}zzAA", "x".repeat(91));
         assert_eq!(masked_key.len(), k.len());
+        // Glued to "Bearer", the whole 40+ stretch is masked, "Bearer" too.
         assert_eq!(
             m,
-            format!("SELECT 1; DO $$ BEGIN PERFORM length('{masked_key}'); END $$; -- Bearer{masked_key}")
+            format!("SELECT 1; DO $$ BEGIN PERFORM length('{masked_key}'); END $$; -- xxxxxx{masked_key}")
         );
     }
 
@@ -240,7 +203,10 @@ mod tests {
     fn dashes_stay_so_comments_stay() {
         let k = format!("sk-{}--{}", "a".repeat(30), "b".repeat(30));
         let m = mask_same_length(k.as_bytes()).unwrap();
-        assert_eq!(String::from_utf8(m).unwrap(), format!("xx-{}--{}bbbb", "x".repeat(30), "x".repeat(26)));
+        assert_eq!(
+            String::from_utf8(m).unwrap(),
+            format!("xx-{}--{}bbbb", "x".repeat(30), "x".repeat(26))
+        );
     }
 
     #[pg_test]

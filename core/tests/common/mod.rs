@@ -91,5 +91,7 @@ pub fn filler() -> impl Strategy<Value = String> {
 
 /// A filler that can never form a key-shaped run (no `-`), for "unchanged" tests.
 pub fn key_free_text() -> impl Strategy<Value = String> {
-    proptest::string::string_regex(r#"[a-zA-Z0-9 "'{}:,=&?/\\.\n\t_é→]{0,200}"#).unwrap()
+    // Words of at most 12 key characters between separators: no `sk-`, no
+    // stretch long enough to be masked on its own.
+    proptest::string::string_regex(r#"([a-zA-Z0-9_]{0,12}[ "'{}:,=&?/\\.\n\té→]){0,16}"#).unwrap()
 }
