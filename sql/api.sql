@@ -22,10 +22,11 @@ BEGIN
         PERFORM byok._deny_workspace(add_key.workspace_id);
     END IF;
     state := byok._workspace_state(add_key.workspace_id);
+    -- A workspace the attached table does not have (yet) may take keys --
+    -- apps create rows and keys in either order -- but the caller is told.
     IF state = ' missing' THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('workspace %s does not exist', add_key.workspace_id),
-            HINT = 'Add keys to an existing workspace (the table given to byok.attach_workspaces).';
+        RAISE NOTICE 'pg_byok: workspace % is not in the attached workspace table', add_key.workspace_id
+            USING HINT = 'Its keys are revoked with the workspace only once its row exists.';
     ELSIF state = ANY (byok._inactive_statuses()) THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
             MESSAGE = format('workspace %s is %s; it cannot take new keys', add_key.workspace_id, state),
