@@ -31,3 +31,14 @@ BYOK_PROFILE=${BYOK_PROFILE:-debug} bash scripts/install-extension.sh
 
 step "integration tests: scenarios, tenancy, sidecar end to end, leak suite"
 cargo test -p byok-pgrx-tests -p byok-sidecar --test '*' --no-fail-fast -- --test-threads=2
+
+step "vendor spec conformance: the sidecar's requests against Prism serving the vendors' OpenAPI specs"
+if exports=$(bash scripts/prism.sh start); then
+    trap 'bash scripts/prism.sh stop; rm -rf "$pgdata_parent"' EXIT
+    eval "$exports"
+    cargo test -p byok-sidecar --test prism -- --ignored
+else
+    status=$?
+    [ "$status" -eq 3 ] || exit "$status"
+    echo "skipped: the vendor specs (../shared/reference/openapi) or Node are not available here"
+fi
