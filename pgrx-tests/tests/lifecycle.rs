@@ -496,25 +496,39 @@ fn ciphertext_moved_to_another_row_fails_xx001() {
     let o = add_active(&c, ws1, "openai", &k3);
     let mut db = c.client();
 
-    // Another workspace's ciphertext (same vendor).
-    let mut tx = db.transaction().unwrap();
-    tx.execute("UPDATE byok.keys SET ciphertext = (SELECT ciphertext FROM byok.keys WHERE id = $2) WHERE id = $1", &[&a.id, &b.id]).unwrap();
-    expect_state(
-        use_key(&mut tx, ws1, "anthropic"),
-        "XX001",
+    // Copy one row's ciphertext onto another, inside a rolled-back
+    // transaction: opening the target must fail authentication.
+    let moved_fails = |db: &mut Client,
+                       from: Uuid,
+                       to: Uuid,
+                       ws: Uuid,
+                       vendor: &str,
+                       what: &str| {
+        let mut tx = db.transaction().unwrap();
+        tx.execute(
+            "UPDATE byok.keys SET ciphertext = (SELECT ciphertext FROM byok.keys WHERE id = $2) WHERE id = $1",
+            &[&to, &from],
+        )
+        .unwrap();
+        expect_state(use_key(&mut tx, ws, vendor), "XX001", what);
+        tx.rollback().unwrap();
+    };
+    moved_fails(
+        &mut db,
+        b.id,
+        a.id,
+        ws1,
+        "anthropic",
         "ciphertext from another workspace",
     );
-    tx.rollback().unwrap();
-
-    // The same workspace's key of the other vendor.
-    let mut tx = db.transaction().unwrap();
-    tx.execute("UPDATE byok.keys SET ciphertext = (SELECT ciphertext FROM byok.keys WHERE id = $2) WHERE id = $1", &[&a.id, &o.id]).unwrap();
-    expect_state(
-        use_key(&mut tx, ws1, "anthropic"),
-        "XX001",
+    moved_fails(
+        &mut db,
+        o.id,
+        a.id,
+        ws1,
+        "anthropic",
         "ciphertext from the other vendor's row",
     );
-    tx.rollback().unwrap();
 
     // Swap two rows' ciphertexts: both fail.
     let mut tx = db.transaction().unwrap();
@@ -532,14 +546,14 @@ fn ciphertext_moved_to_another_row_fails_xx001() {
         "swapped ciphertext (ws1)",
     );
     tx.rollback().unwrap();
-    let mut tx = db.transaction().unwrap();
-    tx.execute("UPDATE byok.keys SET ciphertext = (SELECT ciphertext FROM byok.keys WHERE id = $2) WHERE id = $1", &[&b.id, &a.id]).unwrap();
-    expect_state(
-        use_key(&mut tx, ws2, "anthropic"),
-        "XX001",
+    moved_fails(
+        &mut db,
+        a.id,
+        b.id,
+        ws2,
+        "anthropic",
         "ciphertext moved into ws2",
     );
-    tx.rollback().unwrap();
 
     // Each row, as stored, opens to its own key.
     assert_eq!(use_key(&mut db, ws1, "anthropic").unwrap(), k1);
