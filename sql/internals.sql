@@ -6,10 +6,12 @@
 -- current_user is the extension's owner, so the caller is read from the
 -- `role` setting (what SET [LOCAL] ROLE chose, as PostgREST does), falling
 -- back to the session's login role.
+-- (No SET clause here or in _jwt_sub: they are inlined into the callers,
+-- which all pin search_path themselves, and every name is qualified.)
 CREATE FUNCTION byok._caller() RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN current_setting('role') = 'none' THEN session_user::text
-                ELSE current_setting('role') END
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN pg_catalog.current_setting('role') = 'none' THEN session_user::text
+                ELSE pg_catalog.current_setting('role') END
 $$;
 
 -- The caller's JWT subject, read from the settings PostgREST sets for each
@@ -18,9 +20,10 @@ $$;
 -- schema `auth` (or creates one) would get their code run with that power.
 -- NULL outside an API request.
 CREATE FUNCTION byok._jwt_sub() RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT nullif(coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
-                           nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'), '')
+LANGUAGE sql STABLE AS $$
+    SELECT nullif(coalesce(nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
+                           nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::pg_catalog.jsonb
+                               OPERATOR(pg_catalog.->>) 'sub'), '')
 $$;
 
 -- Superusers and Supabase's service_role may act on every workspace.
@@ -51,11 +54,9 @@ $$;
 
 CREATE FUNCTION byok._audit(action text, key_id uuid, workspace_id uuid, vendor text,
                             outcome text, detail text) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO byok.audit_log (actor_role, actor_sub, action, key_id, workspace_id, vendor, outcome, detail)
-    VALUES (byok._caller(), byok._jwt_sub(), $1, $2, $3, $4, $5, left(byok.redact($6), 1000));
-END
+    VALUES (byok._caller(), byok._jwt_sub(), $1, $2, $3, $4, $5, left(byok.redact($6), 1000))
 $$;
 
 CREATE FUNCTION byok._info(k byok.keys) RETURNS byok.key_info

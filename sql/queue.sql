@@ -17,28 +17,27 @@ BEGIN
 END
 $$;
 
--- Keys whose last attempt's lease ran out (the worker died on it) become
--- unverified instead of being retried past the limit.
-CREATE FUNCTION byok._give_up_exhausted(max_attempts integer) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-    WITH dead AS (
-        DELETE FROM byok.jobs j
-         WHERE j.id IN (SELECT id FROM byok.jobs
-                         WHERE run_after <= clock_timestamp() AND attempts >= max_attempts
-                         FOR UPDATE SKIP LOCKED)
-        RETURNING j.key_id, j.attempts, j.last_error
-    ), marked AS (
-        UPDATE byok.keys k
-           SET status = 'unverified',
-               status_detail = left(format('the vendor could not be reached after %s attempts%s',
-                                           d.attempts, coalesce(': ' || d.last_error, '')), 1000)
-          FROM dead d
-         WHERE k.id = d.key_id AND k.status = 'pending'
-        RETURNING k.id, k.workspace_id, k.vendor, k.status_detail
-    )
-    INSERT INTO byok.audit_log (actor_role, actor_sub, action, key_id, workspace_id, vendor, outcome, detail)
-    SELECT byok._caller(), NULL, 'validate', m.id, m.workspace_id, m.vendor, 'unverified', m.status_detail
-      FROM marked m
+-- A job claimed past the attempt limit (its worker died on the last
+-- attempt, or byok.max_attempts was lowered): the key becomes unverified
+-- instead of being tried again. Done at claim time, on the rows the claim
+-- picked anyway, so no scan of the whole queue is needed.
+CREATE FUNCTION byok._give_up(job_id bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    j byok.jobs;
+    k byok.keys;
+BEGIN
+    DELETE FROM byok.jobs WHERE id = job_id RETURNING * INTO j;
+    UPDATE byok.keys
+       SET status = 'unverified',
+           status_detail = left(format('the vendor could not be reached after %s attempts%s',
+                                       j.attempts - 1, coalesce(': ' || j.last_error, '')), 1000)
+     WHERE id = j.key_id AND status = 'pending'
+    RETURNING * INTO k;
+    IF FOUND THEN
+        PERFORM byok._audit('validate', k.id, k.workspace_id, k.vendor, 'unverified', k.status_detail);
+    END IF;
+END
 $$;
 
 CREATE FUNCTION byok.claim_jobs(worker text, max_jobs integer DEFAULT 16, lease_seconds integer DEFAULT 60)
@@ -64,11 +63,10 @@ BEGIN
     -- No keyring at all is the operator's problem and fails the call (55000);
     -- a key needing an absent version only defers that key (below).
     PERFORM byok.master_key_status();
-    PERFORM byok._give_up_exhausted(limit_attempts);
     FOR r IN
         WITH picked AS (
             SELECT j.id FROM byok.jobs j
-             WHERE j.run_after <= clock_timestamp() AND j.attempts < limit_attempts
+             WHERE j.run_after <= clock_timestamp()
              ORDER BY j.run_after, j.id
              LIMIT claim_jobs.max_jobs
              FOR UPDATE SKIP LOCKED
@@ -80,6 +78,10 @@ BEGIN
          WHERE j.id = p.id
         RETURNING j.id, j.key_id, j.attempts, j.lease_token
     LOOP
+        IF r.attempts > limit_attempts THEN
+            PERFORM byok._give_up(r.id);
+            CONTINUE;
+        END IF;
         DECLARE
             k byok.keys;
         BEGIN

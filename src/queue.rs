@@ -206,4 +206,25 @@ mod tests {
         .unwrap();
         assert_eq!((status.as_deref(), erased), (Some("invalid"), Some(true)));
     }
+
+    #[pg_test]
+    fn a_lease_lost_on_the_last_attempt_makes_the_key_unverified() {
+        let id = add("openai", &openai_key('y'));
+        Spi::run("SET byok.max_attempts = 1").unwrap();
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM byok.claim_jobs('w')").unwrap(),
+            Some(1)
+        );
+        // The worker died: its lease runs out.
+        Spi::run("UPDATE byok.jobs SET run_after = clock_timestamp()").unwrap();
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM byok.claim_jobs('w')").unwrap(),
+            Some(0)
+        );
+        let status =
+            Spi::get_one::<String>(&format!("SELECT status FROM byok.keys WHERE id = '{id}'"))
+                .unwrap();
+        assert_eq!(status.as_deref(), Some("unverified"));
+        assert_eq!(count("jobs"), 0);
+    }
 }

@@ -75,8 +75,12 @@ pub fn contains_key_shaped(text: &str) -> bool {
 /// A cheap test that `bytes` may hold a key-shaped run: false means
 /// [`key_ranges`] is certainly empty. For hot paths (every log line).
 pub fn may_hold_key(bytes: &[u8]) -> bool {
-    memmem::find(bytes, PREFIX).is_some() || has_stretch(bytes, MIN_BARE_RUN)
+    SK_FINDER.find(bytes).is_some() || has_stretch(bytes, MIN_BARE_RUN)
 }
+
+/// Built once: `memmem::find` would build a searcher on every log line.
+static SK_FINDER: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(PREFIX));
 
 /// Whether `bytes` has `len` key characters in a row. Looks at every
 /// `len`-th byte only: a stretch of `len` must cover one of them.
