@@ -11,7 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 specs=${BYOK_OPENAPI_DIR:-$PWD/../shared/reference/openapi}
-cache=${BYOK_CACHE_DIR:-/var/cache/pg_byok}/prism
+default_cache=/var/cache/pg_byok
+mkdir -p "$default_cache" 2>/dev/null || default_cache=${XDG_CACHE_HOME:-$HOME/.cache}/pg_byok
+cache=${BYOK_CACHE_DIR:-$default_cache}/prism
 run=${TMPDIR:-/tmp}/pg_byok_prism
 version=5.14.2
 
