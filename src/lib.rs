@@ -2,7 +2,8 @@
 //!
 //! The Rust side converts types and calls byok-core (normalise, seal, open,
 //! mask, redact, retry rules); the policy that is naturally SQL (tables,
-//! RLS, grants, triggers, the queue) lives in sql/, wired in by schema.rs, api.rs, queue.rs and tenancy.rs.
+//! RLS, grants, triggers, the queue) lives in sql/, wired in by schema.rs,
+//! api.rs, queue.rs and tenancy.rs.
 
 use pgrx::prelude::*;
 
