@@ -139,7 +139,9 @@ else
     # MODULE_PATHNAME naming the benchmarked library; only
     # pg_extension_config_dump (pg_dump bookkeeping, CREATE EXTENSION only) is
     # left out. The objects are the same, they just belong to no extension.
-    { echo 'BEGIN; CREATE SCHEMA byok; SET LOCAL search_path = byok;'
+    # Like CREATE EXTENSION, check_function_bodies is off: a SQL function's
+    # body (byok._audit's) may name a function created later in the script.
+    { echo 'BEGIN; CREATE SCHEMA byok; SET LOCAL search_path = byok; SET LOCAL check_function_bodies = off;'
       sed -e "s|MODULE_PATHNAME|$lib|g" -e '/pg_extension_config_dump/d' "$sharedir/pg_byok--$(
           sed -n "s/^default_version = '\(.*\)'/\1/p" "$sharedir/pg_byok.control").sql"
       echo 'COMMIT;'
