@@ -52,11 +52,16 @@ BEGIN
 END
 $$;
 
+-- PL/pgSQL, not SQL: an INSERT is never inlined, and a non-inlined SQL
+-- function is planned again in every query that calls it, while PL/pgSQL
+-- keeps its plan for the session (measured: BENCHMARKS.md, "The key path").
 CREATE FUNCTION byok._audit(action text, key_id uuid, workspace_id uuid, vendor text,
                             outcome text, detail text) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
     INSERT INTO byok.audit_log (actor_role, actor_sub, action, key_id, workspace_id, vendor, outcome, detail)
-    VALUES (byok._caller(), byok._jwt_sub(), $1, $2, $3, $4, $5, left(byok.redact($6), 1000))
+    VALUES (byok._caller(), byok._jwt_sub(), $1, $2, $3, $4, $5, left(byok.redact($6), 1000));
+END
 $$;
 
 CREATE FUNCTION byok._info(k byok.keys) RETURNS byok.key_info
