@@ -78,34 +78,11 @@ secs=${2:-15}
 nws=${BENCH_WORKSPACES:-10000}
 depth=${BENCH_QUEUE:-1000}
 pool=${BENCH_DEEP_QUEUE:-20000}
-bin=${BYOK_PG_BIN:-/usr/lib/postgresql/15/bin}
+. bench/cluster.sh
 pgbench=$(command -v pgbench || echo "$bin/pgbench")
 sharedir=$("$bin/pg_config" --sharedir)/extension
-pkglib=$("$bin/pg_config" --pkglibdir)
 
-as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-
-dir=$(mktemp -d /tmp/byok-bench-keypath.XXXXXX)
-chmod 755 "$dir"
-[ "$(id -u)" -eq 0 ] && chown postgres "$dir"
-port=$((20000 + RANDOM % 30000))
-cleanup() {
-    as_pg "$bin/pg_ctl" stop -m immediate -D "$dir/data" >/dev/null 2>&1 || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
-lib=pg_byok
-libfile=$pkglib/pg_byok.so
-if [ -n "${BYOK_LIB:-}" ]; then
-    cp "$BYOK_LIB" "$dir/pg_byok.so"
-    chmod 755 "$dir/pg_byok.so"
-    lib="$dir/pg_byok.so"
-    libfile=$BYOK_LIB
-fi
-if file "$libfile" | grep -q 'with debug_info'; then
-    echo "WARNING: $libfile is a debug build: its figures mean little" >&2
-fi
+bench_cluster keypath
 for f in sql/*.sql; do
     python3 - "$f" "$sharedir"/pg_byok--*.sql <<'EOF' || echo "WARNING: the installed extension SQL does not hold $f as in this checkout" >&2
 import sys
@@ -114,18 +91,6 @@ sys.exit(0 if any(part in open(p).read() for p in sys.argv[2:]) else 1)
 EOF
 done
 
-as_pg "$bin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --locale=C --no-sync >/dev/null
-as_pg sh -c "umask 077; printf '1 %s\n' $(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') > '$dir/keyring'"
-cat >>"$dir/data/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $port
-unix_socket_directories = '$dir'
-fsync = off
-shared_preload_libraries = '$lib'
-byok.master_key_file = '$dir/keyring'
-logging_collector = off
-log_destination = 'stderr'
-EOF
 as_pg "$bin/pg_ctl" start -w -D "$dir/data" -l "$dir/server.log" >/dev/null
 
 psql_() { as_pg "$bin/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d postgres "$@"; }

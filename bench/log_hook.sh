@@ -30,42 +30,12 @@
 set -euo pipefail
 rounds=${1:-15}
 lines=${2:-100000}
-bin=${BYOK_PG_BIN:-/usr/lib/postgresql/15/bin}
+cd "$(dirname "$0")/.."
+. bench/cluster.sh
 pgbench=$(command -v pgbench || echo "$bin/pgbench")
 
-as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-
-dir=$(mktemp -d /tmp/byok-bench-loghook.XXXXXX)
-[ "$(id -u)" -eq 0 ] && chown postgres "$dir"
-port=$((20000 + RANDOM % 30000))
-cleanup() {
-    as_pg "$bin/pg_ctl" stop -m immediate -D "$dir/data" >/dev/null 2>&1 || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
-lib=pg_byok
-if [ -n "${BYOK_LIB:-}" ]; then
-    cp "$BYOK_LIB" "$dir/pg_byok.so"
-    chmod 755 "$dir/pg_byok.so"
-    lib="$dir/pg_byok.so"
-fi
-libfile=${BYOK_LIB:-$("$bin/pg_config" --pkglibdir)/pg_byok.so}
-if file "$libfile" | grep -q 'with debug_info'; then
-    echo "WARNING: $libfile is a debug build; install a release build for meaningful figures" >&2
-fi
-
-as_pg "$bin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --locale=C --no-sync >/dev/null
-as_pg sh -c "umask 077; printf '1 %s\n' $(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') > '$dir/keyring'"
+bench_cluster loghook
 cat >>"$dir/data/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $port
-unix_socket_directories = '$dir'
-fsync = off
-shared_preload_libraries = '$lib'
-byok.master_key_file = '$dir/keyring'
-logging_collector = off
-log_destination = 'stderr'
 log_line_prefix = '%m [%p] %q%u@%d '
 EOF
 as_pg "$bin/pg_ctl" start -w -D "$dir/data" -l /dev/null >/dev/null
