@@ -2,7 +2,7 @@
 //! statement, with pg_byok's statement-level revocation triggers attached.
 //!
 //! Run:
-//!   cargo run --release -p byok-pgrx-tests --bin workspace_delete -- [--runs 7] [--workspaces 1000] [--keys 10]
+//!   cargo run --release -p byok-integration --bin workspace_delete -- [--runs 7] [--workspaces 1000] [--keys 10]
 //!
 //! Needs the installed extension (scripts/install-extension.sh). Starts its
 //! own throw-away cluster (as the `postgres` OS user when run as root).
@@ -20,8 +20,8 @@
 //! client-side wall time of the DELETE statement (loopback TCP). A last,
 //! committed DELETE (statement + COMMIT) is reported separately.
 
-use byok_pgrx_tests::postgres::Client;
-use byok_pgrx_tests::{Cluster, ClusterOptions};
+use byok_integration::postgres::Client;
+use byok_integration::{Cluster, ClusterOptions};
 use std::time::{Duration, Instant};
 
 struct Args {

@@ -30,7 +30,7 @@ step "install the extension for the integration tests"
 BYOK_PROFILE=${BYOK_PROFILE:-debug} bash scripts/install-extension.sh
 
 step "integration tests: scenarios, tenancy, sidecar end to end, leak suite"
-cargo test -p byok-pgrx-tests -p byok-sidecar --test '*' --no-fail-fast -- --test-threads=2
+cargo test -p byok-integration -p byok-sidecar --test '*' --no-fail-fast -- --test-threads=2
 
 step "vendor spec conformance: the sidecar's requests against Prism serving the vendors' OpenAPI specs"
 if exports=$(bash scripts/prism.sh start); then

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use byok_pgrx_tests::wait_until;
+use byok_integration::wait_until;
 use common::*;
 use uuid::Uuid;
 

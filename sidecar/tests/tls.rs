@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use byok_pgrx_tests::wait_until;
+use byok_integration::wait_until;
 use common::*;
 use uuid::Uuid;
 

@@ -1,4 +1,4 @@
-//! End-to-end harness: a real cluster with pg_byok (byok-pgrx-tests), the
+//! End-to-end harness: a real cluster with pg_byok (byok-integration), the
 //! real `byok-sidecar mock-vendor` and `byok-sidecar` binaries as child
 //! processes, their output captured to files for the leak check.
 #![allow(dead_code)]
@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use byok_pgrx_tests::postgres::Client;
-use byok_pgrx_tests::{sample_key, wait_until, Cluster, ClusterOptions};
+use byok_integration::postgres::Client;
+use byok_integration::{sample_key, wait_until, Cluster, ClusterOptions};
 use uuid::Uuid;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_byok-sidecar");

@@ -4,7 +4,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use byok_pgrx_tests::Cluster;
+use byok_integration::Cluster;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
 /// PEM texts of a CA and of a server certificate (with its key) it signed.

@@ -411,7 +411,7 @@ impl Cluster {
             .port(self.port)
             .user(user)
             .dbname(db)
-            .application_name("byok-pgrx-tests")
+            .application_name("byok-integration")
             .connect_timeout(Duration::from_secs(15));
         cfg
     }

@@ -14,12 +14,12 @@
 //! key logged on purpose with `byok.redact_logs = off` must be found in the
 //! stderr, csv and json logs; otherwise the suite fails.
 //!
-//! Run: `cargo test -p byok-pgrx-tests --test leak_suite` (the extension
+//! Run: `cargo test -p byok-integration --test leak_suite` (the extension
 //! must be installed; the sidecar binary is used when built, required when
 //! `CI` is set).
 
-use byok_pgrx_tests::postgres::{Client, SimpleQueryMessage};
-use byok_pgrx_tests::{grep_dir, sample_key, wait_until, Cluster, ClusterOptions, PG_BIN};
+use byok_integration::postgres::{Client, SimpleQueryMessage};
+use byok_integration::{grep_dir, sample_key, wait_until, Cluster, ClusterOptions, PG_BIN};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
@@ -165,7 +165,7 @@ fn simple(db: &mut Client, sql: &str) -> Result<Vec<String>, String> {
         .map_err(|e| describe_error(&e))
 }
 
-fn describe_error(e: &byok_pgrx_tests::postgres::Error) -> String {
+fn describe_error(e: &byok_integration::postgres::Error) -> String {
     match e.as_db_error() {
         Some(d) => format!("{} {}", d.code().code(), d.message()),
         None => format!("{e}"),
@@ -187,7 +187,7 @@ fn simple_fails(db: &mut Client, sql: &str, state: &str) {
 fn bound_fails(
     db: &mut Client,
     sql: &str,
-    params: &[&(dyn byok_pgrx_tests::postgres::types::ToSql + Sync)],
+    params: &[&(dyn byok_integration::postgres::types::ToSql + Sync)],
     state: &str,
 ) {
     match db.query(sql, params) {

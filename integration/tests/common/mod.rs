@@ -3,8 +3,8 @@
 //! documented column names), and assertion helpers.
 #![allow(dead_code)]
 
-use byok_pgrx_tests::postgres::{self, GenericClient, Row};
-use byok_pgrx_tests::{sqlstate, Cluster};
+use byok_integration::postgres::{self, GenericClient, Row};
+use byok_integration::{sqlstate, Cluster};
 use std::fmt::Debug;
 use std::time::SystemTime;
 use uuid::Uuid;

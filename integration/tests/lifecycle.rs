@@ -4,9 +4,9 @@
 
 mod common;
 
-use byok_pgrx_tests::postgres::fallible_iterator::FallibleIterator;
-use byok_pgrx_tests::postgres::Client;
-use byok_pgrx_tests::{grep_dir, random_master_key_hex, sample_key, Cluster, ClusterOptions};
+use byok_integration::postgres::fallible_iterator::FallibleIterator;
+use byok_integration::postgres::Client;
+use byok_integration::{grep_dir, random_master_key_hex, sample_key, Cluster, ClusterOptions};
 use common::*;
 use std::time::Duration;
 use uuid::Uuid;
@@ -929,7 +929,7 @@ fn stale_lease_token_changes_nothing() {
     // The lease (5 s) runs out; another worker takes the job over.
     let mut w2 = c.client_as("sidecar");
     let mut second = Vec::new();
-    byok_pgrx_tests::wait_until(
+    byok_integration::wait_until(
         "the expired lease makes the job claimable",
         Duration::from_secs(60),
         || {

@@ -6,8 +6,8 @@
 
 mod common;
 
-use byok_pgrx_tests::postgres::{self, Client, Transaction};
-use byok_pgrx_tests::{sample_key, sqlstate, Cluster, ClusterOptions};
+use byok_integration::postgres::{self, Client, Transaction};
+use byok_integration::{sample_key, sqlstate, Cluster, ClusterOptions};
 use common::*;
 use serde_json::Value;
 use uuid::Uuid;

@@ -8,7 +8,7 @@
 //! environment has `BYOK_KEEP_CLUSTER=1`).
 //!
 //! ```no_run
-//! use byok_pgrx_tests::{Cluster, ClusterOptions, sample_key};
+//! use byok_integration::{Cluster, ClusterOptions, sample_key};
 //! let c = Cluster::start(ClusterOptions::default());
 //! let mut db = c.client();
 //! let key = sample_key("anthropic", 1);

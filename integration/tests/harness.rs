@@ -1,7 +1,7 @@
 //! The harness itself, on a plain cluster (no extension needed): start,
 //! connect, psql, restart, keyring file, leak scan, cleanup.
 
-use byok_pgrx_tests::{grep_dir, Cluster, ClusterOptions};
+use byok_integration::{grep_dir, Cluster, ClusterOptions};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
@@ -107,7 +107,7 @@ fn plain_cluster_lifecycle() {
 
     // pg_controldata as postgres
     let out = Cluster::run_as_postgres(
-        Command::new(byok_pgrx_tests::PG_BIN.to_string() + "/pg_controldata").arg(c.data_dir()),
+        Command::new(byok_integration::PG_BIN.to_string() + "/pg_controldata").arg(c.data_dir()),
     );
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("in production"));
