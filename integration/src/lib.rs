@@ -15,6 +15,7 @@
 //! db.query_one("SELECT (byok.add_key(gen_random_uuid(), 'anthropic', $1)).masked", &[&key]).unwrap();
 //! ```
 
+pub mod api_doc;
 mod cluster;
 mod keys;
 mod scan;
