@@ -18,6 +18,7 @@
 pub mod api_doc;
 mod cluster;
 mod keys;
+pub mod repo_docs;
 mod scan;
 mod sql;
 
