@@ -4,7 +4,6 @@
 //! rule or a redaction pattern exists exactly once.
 
 pub mod backoff;
-pub mod classify;
 pub mod envelope;
 pub mod error;
 pub mod keyring;

@@ -4,6 +4,7 @@
 //! tests and the end-to-end tests can reach them.
 
 pub mod breaker;
+pub mod classify;
 pub mod config;
 pub mod db;
 pub mod db_tls;

@@ -1,10 +1,10 @@
 //! The vendor calls that prove a key works, and the mapping of their
-//! results onto [`byok_core::classify`].
+//! results onto [`crate::classify`].
 
 use std::error::Error as _;
 use std::time::{Duration, Instant};
 
-use byok_core::classify::{classify_response, classify_transport, TransportError, Verdict};
+use crate::classify::{classify_response, classify_transport, TransportError, Verdict};
 use byok_core::Vendor;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use zeroize::Zeroizing;

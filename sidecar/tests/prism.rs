@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use byok_core::classify::Outcome;
 use byok_core::Vendor;
+use byok_sidecar::classify::Outcome;
 use byok_sidecar::config::{Cli, Probe};
 use byok_sidecar::probe::Prober;
 use clap::Parser;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use byok_core::classify::{Outcome, TransportError};
+use crate::classify::{Outcome, TransportError};
 use byok_core::Vendor;
 use zeroize::Zeroizing;
 
@@ -85,7 +85,7 @@ async fn hangs_time_out_and_refused_ports_are_connect_errors() {
     assert!(r.verdict.vendor_fault);
     assert_eq!(
         r.verdict,
-        byok_core::classify::classify_transport(Vendor::Anthropic, TransportError::Timeout)
+        crate::classify::classify_transport(Vendor::Anthropic, TransportError::Timeout)
     );
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
@@ -106,7 +106,7 @@ async fn hangs_time_out_and_refused_ports_are_connect_errors() {
         .await;
     assert_eq!(
         r.verdict,
-        byok_core::classify::classify_transport(Vendor::OpenAi, TransportError::Connect)
+        crate::classify::classify_transport(Vendor::OpenAi, TransportError::Connect)
     );
     // TLS spoken to a plain-HTTP server fails the handshake.
     let args = {
@@ -125,6 +125,6 @@ async fn hangs_time_out_and_refused_ports_are_connect_errors() {
         .await;
     assert_eq!(
         r.verdict,
-        byok_core::classify::classify_transport(Vendor::Anthropic, TransportError::Tls)
+        crate::classify::classify_transport(Vendor::Anthropic, TransportError::Tls)
     );
 }

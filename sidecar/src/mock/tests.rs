@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use byok_core::classify::Outcome;
+use crate::classify::Outcome;
 use byok_core::Vendor;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
