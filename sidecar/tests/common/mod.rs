@@ -1,6 +1,7 @@
 //! End-to-end harness: a real cluster with pg_byok (byok-integration), the
-//! real `byok-sidecar mock-vendor` and `byok-sidecar` binaries as child
-//! processes, their output captured to files for the leak check.
+//! mock vendor (byok-mock-vendor, a real HTTP server on loopback, served
+//! in-process) and the real `byok-sidecar` binary as a child process, its
+//! output captured to files for the leak check.
 #![allow(dead_code)]
 
 mod http;
@@ -8,7 +9,7 @@ mod mock;
 pub mod pki;
 
 pub use http::{free_port, http, http_try};
-pub use mock::Mock;
+pub use mock::{Mock, MockOptions};
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -30,7 +31,7 @@ pub struct Env {
     pub keys: Vec<String>,
 }
 
-pub fn setup(extra_conf: &[&str], mock_args: &[&str]) -> Env {
+pub fn setup(extra_conf: &[&str], mock: MockOptions) -> Env {
     let cluster = Cluster::start(ClusterOptions {
         extra_conf: extra_conf.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
@@ -41,7 +42,7 @@ pub fn setup(extra_conf: &[&str], mock_args: &[&str]) -> Env {
         .unwrap();
     let logs = cluster.dir().join("e2e-logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let mock = Mock::start(&logs, mock_args);
+    let mock = Mock::start(mock);
     Env {
         mock,
         cluster,

@@ -1,6 +1,8 @@
-//! `byok-sidecar mock-vendor`: a loopback stand-in for the Anthropic and
-//! OpenAI APIs, for tests and the demo (there is no internet here, and no
-//! test may call a real vendor).
+//! byok-mock-vendor: a loopback stand-in for the Anthropic and OpenAI APIs,
+//! for tests and the demo (there is no internet here, and no test may call a
+//! real vendor). Its own crate, so the production `byok-sidecar` binary
+//! carries none of it: the `byok-mock-vendor` binary serves the demo and the
+//! leak suite, and the sidecar's tests start it in-process with [`start`].
 //!
 //! Anthropic lives under `/anthropic`, OpenAI under `/openai` (both vendors
 //! serve `/v1/models`, so one port needs a prefix): point the sidecar at it
@@ -15,6 +17,7 @@
 //! - `GET /__mock/stats`: request counts and the last malformed-request reasons;
 //! - `POST /__mock/reset`: clears outages and counters.
 
+#![forbid(unsafe_code)]
 // Handlers return ready-made refusals as `Err(Response)`; boxing them would
 // only add noise to a test tool.
 #![allow(clippy::result_large_err)]
@@ -39,24 +42,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use rules::Behaviour;
-
-/// Settings of `byok-sidecar mock-vendor`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct MockArgs {
-    /// Address to listen on (loopback only; port 0 picks a free port). The
-    /// first line on stdout is `mock-vendor listening on http://ADDR`.
-    #[arg(long, env = "BYOK_MOCK_LISTEN", default_value = "127.0.0.1:8089")]
-    pub listen: SocketAddr,
-    /// Delay of keys marked `mockslow`, milliseconds.
-    #[arg(long, default_value_t = 1500)]
-    pub slow_ms: u64,
-    /// How long keys marked `mockhang` hang before answering, seconds.
-    #[arg(long, default_value_t = 300)]
-    pub hang_seconds: u64,
-    /// Log format: `json` or `text`.
-    #[arg(long, value_enum, default_value = "text")]
-    pub log_format: crate::config::LogFormat,
-}
 
 /// Shared, mutable state of one mock server.
 #[derive(Clone)]
@@ -94,9 +79,10 @@ impl MockState {
     }
 
     fn malformed(&self, vendor: Vendor, reason: &str) {
+        // A reason can quote what the client sent: redacted like every log line.
         tracing::warn!(
             vendor = vendor.as_str(),
-            reason,
+            reason = %byok_core::redact::redact(reason),
             "malformed request refused"
         );
         self.0.stats.lock().unwrap().malformed(vendor, reason);
@@ -255,26 +241,6 @@ async fn accept_loop(listener: TcpListener, app: Router, stop: CancellationToken
             }
         });
     }
-}
-
-/// Runs the mock until SIGINT/SIGTERM.
-pub async fn run(args: MockArgs) -> Result<(), String> {
-    let handle = start(
-        args.listen,
-        Duration::from_millis(args.slow_ms),
-        Duration::from_secs(args.hang_seconds),
-    )
-    .await
-    .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    println!("mock-vendor listening on http://{}", handle.addr);
-    tracing::info!(
-        anthropic = %handle.anthropic_base(),
-        openai = %handle.openai_base(),
-        "mock vendor ready; set ANTHROPIC_BASE_URL / OPENAI_BASE_URL to these"
-    );
-    crate::signals::terminated().await;
-    tracing::info!("mock vendor stopping");
-    Ok(())
 }
 
 #[cfg(test)]

@@ -84,6 +84,21 @@ pub fn behaviour(key: &str) -> Behaviour {
         .map_or(Behaviour::Valid, |(_, b)| *b)
 }
 
+/// A well-shaped key of `vendor` whose body starts with `marker` (`""`
+/// for a valid key), for tests and demos.
+pub fn marked_key(vendor: Vendor, marker: &str) -> String {
+    match vendor {
+        Vendor::Anthropic => {
+            let body = format!("{marker}{}", "x".repeat(93));
+            format!("sk-ant-api03-{}AA", &body[..93])
+        }
+        Vendor::OpenAi => {
+            let half = format!("{marker}{}", "y".repeat(74));
+            format!("sk-proj-{}T3BlbkFJ{}", &half[..74], "z".repeat(74))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +121,12 @@ mod tests {
             &format!("sk-proj-{}", "a".repeat(60))
         ));
         assert!(!key_shaped(Vendor::OpenAi, "Bearer"));
+        for vendor in Vendor::ALL {
+            for (marker, b) in MARKERS {
+                let key = marked_key(vendor, marker);
+                assert!(key_shaped(vendor, &key), "{key}");
+                assert_eq!(behaviour(&key), b, "{key}");
+            }
+        }
     }
 }
