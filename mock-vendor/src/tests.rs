@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
+use byok_core::Vendor;
 use serde_json::{json, Value};
 
-use super::control::Stats;
 use super::rules::marked_key;
+use super::stats::Stats;
 use super::*;
 
 /// The header value the real Anthropic API requires.

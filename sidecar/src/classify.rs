@@ -81,9 +81,6 @@ pub enum TransportError {
     Other,
 }
 
-/// Longest piece of vendor text quoted in a detail.
-const MAX_QUOTED_CHARS: usize = 300;
-
 /// Classifies an HTTP answer. `headers` are (name, value) pairs; names are
 /// matched case-insensitively. `body` is the response body as text.
 pub fn classify_response(

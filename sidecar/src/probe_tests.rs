@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use byok_core::Vendor;
-use byok_mock_vendor::control::Stats;
 use byok_mock_vendor::rules::marked_key;
+use byok_mock_vendor::stats::Stats;
 use byok_mock_vendor::MockHandle;
 use zeroize::Zeroizing;
 

@@ -9,8 +9,8 @@
 use byok_core::redact::redact;
 use serde_json::Value;
 
-use super::MAX_QUOTED_CHARS;
-
+/// Longest piece of vendor text (the message) quoted in a detail.
+const MAX_QUOTED_CHARS: usize = 300;
 /// Longest `error.type` / `error.code` quoted.
 const MAX_IDENT_CHARS: usize = 60;
 /// Longest request id quoted.
