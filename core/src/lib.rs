@@ -11,6 +11,8 @@ pub mod keyring;
 pub mod keys;
 pub mod mask;
 pub mod redact;
+#[cfg(feature = "samples")]
+pub mod samples;
 pub mod vendor;
 
 pub use error::{CoreError, ErrorKind};

@@ -1,10 +1,8 @@
 //! One test per normalisation rule and per refusal.
 
-mod common;
-
 use byok_core::keys::{normalize, recognize, KeyKind, MAX_INPUT_LEN};
+use byok_core::samples::*;
 use byok_core::{CoreError, ErrorKind, Vendor};
-use common::*;
 
 fn refuse(vendor: Vendor, raw: &str) -> CoreError {
     let err = normalize(vendor, raw).expect_err("should be refused");

@@ -1,12 +1,10 @@
 //! Property tests of `mask` and `redact`.
 
-mod common;
-
 use std::borrow::Cow;
 
 use byok_core::mask::mask;
 use byok_core::redact::{contains_key_shaped, redact};
-use common::*;
+use byok_core::samples::strategies::*;
 use proptest::prelude::*;
 
 /// Prefixes are public; only the characters after them are secret.
