@@ -38,6 +38,8 @@ const HEADER_LEN: usize = 1 + 4 + 16;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const MIN_BLOB_LEN: usize = HEADER_LEN + NONCE_LEN + TAG_LEN;
+/// The most AES-GCM encrypts under one nonce (2^36 - 32 bytes).
+const MAX_SEALED_LEN: usize = (1 << 36) - 32;
 
 /// A fingerprint this close to the expected one was corrupted in storage;
 /// a different key's fingerprint differs in ~15 of 16 bytes.
@@ -63,9 +65,10 @@ pub fn seal(keyring: &Keyring, aad: &Aad, plaintext: &[u8]) -> Result<Vec<u8>, C
                 aad: &aad_bytes,
             },
         )
-        // aes-gcm refuses only messages beyond 64 GiB.
         .map_err(|_| CoreError::KeyTooLong {
+            // aes-gcm refuses only messages beyond 64 GiB.
             len: plaintext.len(),
+            max: MAX_SEALED_LEN,
         })?;
     blob.extend_from_slice(&nonce);
     blob.extend_from_slice(&ciphertext);

@@ -119,7 +119,7 @@ fn refuses_inner_whitespace() {
 fn refuses_a_megabyte_before_looking_at_it() {
     let huge = format!("{}{}", anthropic_api(), " ".repeat(1 << 20));
     match refuse(Vendor::Anthropic, &huge) {
-        CoreError::KeyTooLong { len } => assert_eq!(len, huge.len()),
+        CoreError::KeyTooLong { len, max } => assert_eq!((len, max), (huge.len(), MAX_INPUT_LEN)),
         other => panic!("{other}"),
     }
     let edge = "x".repeat(MAX_INPUT_LEN + 1);
