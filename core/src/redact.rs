@@ -214,14 +214,25 @@ impl Group {
         if self.regions.is_empty() {
             return;
         }
+        // One sweep over pieces and regions, both in order (a text full of
+        // `sk-` must not cost pieces × regions).
+        self.regions.sort_unstable();
+        let mut next = 0; // first region not yet started at `from`
+        let mut reach = 0; // furthest end of the regions started so far
         for (i, p) in pieces.iter().enumerate() {
             let (from, to) = (self.starts[i], self.starts[i] + p.len());
-            let masked_from = self
-                .regions
-                .iter()
-                .filter(|(start, end)| *start < to && *end > from)
-                .map(|(start, _)| (*start).max(from))
-                .min();
+            while next < self.regions.len() && self.regions[next].0 <= from {
+                reach = reach.max(self.regions[next].1);
+                next += 1;
+            }
+            let masked_from = if reach > from {
+                Some(from)
+            } else {
+                self.regions
+                    .get(next)
+                    .map(|r| r.0)
+                    .filter(|&start| start < to)
+            };
             if let Some(at) = masked_from {
                 ranges.push((p.start + (at - from), p.end));
             }
@@ -254,20 +265,34 @@ impl Group {
                 regions.push((at, (at + reach).min(text.len())));
             }
         }
-        let keyed = regions.len();
+        // Rule 1/2 regions start in order; `covered[k]` is the furthest end
+        // among the first k + 1, so "is m covered" is one binary search.
+        let covered: Vec<usize> = regions
+            .iter()
+            .scan(0, |end, r| {
+                *end = r.1.max(*end);
+                Some(*end)
+            })
+            .collect();
+        let is_covered = |m: usize| {
+            let started = regions.partition_point(|r| r.0 <= m);
+            started > 0 && covered[started - 1] > m
+        };
+        let mut other_regions = Vec::new();
         for (i, p) in pieces.iter().enumerate() {
             let start = self.starts[i];
             if p.len() >= MIN_BARE_RUN {
-                regions.push((start, start + p.len()));
+                other_regions.push((start, start + p.len()));
             }
             let piece = &bytes[p.start..p.end];
             for m in MARKER_FINDER.find_iter(piece).map(|m| start + m) {
-                if !regions[..keyed].iter().any(|(s, e)| *s <= m && m < *e) {
+                if !is_covered(m) {
                     let end = (m + OPENAI_MARKER.len() + MARKER_REACH).min(text.len());
-                    regions.push((m.saturating_sub(MARKER_REACH), end));
+                    other_regions.push((m.saturating_sub(MARKER_REACH), end));
                 }
             }
         }
+        regions.append(&mut other_regions);
         self.regions = regions;
     }
 

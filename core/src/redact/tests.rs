@@ -218,3 +218,23 @@ fn the_marker_alone_masks_around_it() {
     let out = redact(&text);
     assert!(!out.contains("T3BlbkFJ"), "{out}");
 }
+
+#[test]
+fn large_hostile_input_is_linear() {
+    // ~1 MB of anchors of every rule: quadratic work here would take
+    // minutes; linear work takes milliseconds.
+    let unit = "sk-ant-abcdefghijklmnopqrstuvwxyzT3BlbkFJ-sk-\n";
+    let text = unit.repeat(1 << 20 >> 5);
+    let started = std::time::Instant::now();
+    let out = redact(&text);
+    assert!(!contains_key_shaped(&out));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    // Every `-` starts the backward look for a broken `sk-`.
+    let dashes = "- ".repeat(1 << 19);
+    assert!(matches!(redact(&dashes), Cow::Borrowed(_)));
+    eprintln!("{:?}", started.elapsed());
+}
