@@ -6,7 +6,7 @@
 //! Layers (a module uses only those above it; `error` is a leaf over the
 //! `Vendor` enum):
 //! `vendor` → `error` → `keys` → `mask` → `redact` → `vendor_name`,
-//! `keyring` → `envelope`; `backoff`, `classify` on top.
+//! `keyring` → `envelope`; `backoff` on top.
 #![forbid(unsafe_code)]
 
 pub mod backoff;

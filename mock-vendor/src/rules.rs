@@ -84,28 +84,15 @@ pub fn behaviour(key: &str) -> Behaviour {
         .map_or(Behaviour::Valid, |(_, b)| *b)
 }
 
-/// A well-shaped key of `vendor` whose body starts with `marker` (`""`
-/// for a valid key), for tests and demos.
-pub fn marked_key(vendor: Vendor, marker: &str) -> String {
-    match vendor {
-        Vendor::Anthropic => {
-            let body = format!("{marker}{}", "x".repeat(93));
-            format!("sk-ant-api03-{}AA", &body[..93])
-        }
-        Vendor::OpenAi => {
-            let half = format!("{marker}{}", "y".repeat(74));
-            format!("sk-proj-{}T3BlbkFJ{}", &half[..74], "z".repeat(74))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use byok_core::samples::{sample_key, sample_key_marked};
+
     use super::*;
 
     #[test]
     fn markers_select_behaviours() {
-        let k = |m: &str| format!("sk-ant-api03-{m}{}AA", "x".repeat(80));
+        let k = |m: &str| sample_key_marked("anthropic", m, 1);
         assert_eq!(behaviour(&k("")), Behaviour::Valid);
         assert_eq!(behaviour(&k("mock401")), Behaviour::Unauthorized);
         assert_eq!(behaviour(&k("mockquota")), Behaviour::NoCredit);
@@ -113,17 +100,20 @@ mod tests {
         assert!(key_shaped(Vendor::Anthropic, &k("")));
         assert!(!key_shaped(
             Vendor::Anthropic,
-            "sk-ant-admin01-xxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+            &sample_key("anthropic-admin", 1)
         ));
         assert!(!key_shaped(Vendor::OpenAi, &k("")));
-        assert!(key_shaped(
-            Vendor::OpenAi,
-            &format!("sk-proj-{}", "a".repeat(60))
-        ));
+        assert!(!key_shaped(Vendor::OpenAi, &sample_key("openai-admin", 1)));
+        for openai in ["openai", "openai-svcacct", "openai-legacy"] {
+            assert!(
+                key_shaped(Vendor::OpenAi, &sample_key(openai, 1)),
+                "{openai}"
+            );
+        }
         assert!(!key_shaped(Vendor::OpenAi, "Bearer"));
         for vendor in Vendor::ALL {
             for (marker, b) in MARKERS {
-                let key = marked_key(vendor, marker);
+                let key = sample_key_marked(vendor.as_str(), marker, 2);
                 assert!(key_shaped(vendor, &key), "{key}");
                 assert_eq!(behaviour(&key), b, "{key}");
             }

@@ -4,22 +4,21 @@
 
 use std::time::Duration;
 
-use byok_core::Vendor;
 use serde_json::{json, Value};
 
-use super::rules::marked_key;
 use super::stats::Stats;
 use super::*;
+use byok_core::samples::sample_key_marked;
 
 /// The header value the real Anthropic API requires.
 const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 fn anthropic_key(marker: &str) -> String {
-    marked_key(Vendor::Anthropic, marker)
+    sample_key_marked("anthropic", marker, 1)
 }
 
 fn openai_key(marker: &str) -> String {
-    marked_key(Vendor::OpenAi, marker)
+    sample_key_marked("openai", marker, 1)
 }
 
 async fn mock() -> MockHandle {

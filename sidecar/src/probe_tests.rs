@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use byok_core::samples::sample_key_marked;
 use byok_core::Vendor;
-use byok_mock_vendor::rules::marked_key;
 use byok_mock_vendor::stats::Stats;
 use byok_mock_vendor::MockHandle;
 use zeroize::Zeroizing;
@@ -15,11 +15,11 @@ use crate::config::{Probe, Target};
 use crate::probe::Prober;
 
 fn anthropic_key(marker: &str) -> String {
-    marked_key(Vendor::Anthropic, marker)
+    sample_key_marked("anthropic", marker, 1)
 }
 
 fn openai_key(marker: &str) -> String {
-    marked_key(Vendor::OpenAi, marker)
+    sample_key_marked("openai", marker, 1)
 }
 
 async fn mock() -> MockHandle {

@@ -27,12 +27,9 @@ async fn probes_conform_to_the_vendor_specs() {
     let keys = [
         (
             Vendor::Anthropic,
-            format!("sk-ant-api03-{}AA", "a".repeat(93)),
+            byok_core::samples::sample_key("anthropic", 1),
         ),
-        (
-            Vendor::OpenAi,
-            format!("sk-proj-{}T3BlbkFJ{}", "b".repeat(74), "c".repeat(74)),
-        ),
+        (Vendor::OpenAi, byok_core::samples::sample_key("openai", 1)),
     ];
     for probe in [Probe::Completion, Probe::Models] {
         let p = if probe == Probe::Completion {

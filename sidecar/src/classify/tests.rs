@@ -1,5 +1,7 @@
 //! One test per row of the classification table, plus the edges.
 
+use byok_core::samples::sample_key;
+
 use super::*;
 
 const A: Vendor = Vendor::Anthropic;
@@ -289,17 +291,21 @@ fn probe_refused_is_retried_without_judging_the_key() {
 
 #[test]
 fn echoed_keys_never_reach_the_detail() {
-    let key = format!("sk-proj-{}T3BlbkFJ{}", "a".repeat(74), "b".repeat(74));
+    let key = sample_key("openai", 3);
     let body = openai_error(
         "invalid_request_error",
         "invalid_api_key",
         &format!("Incorrect API key provided: {key}."),
     );
     let got = classify_response(O, 401, &[], &body);
-    assert!(!got.detail.contains("aaaaaaaaaa"), "{}", got.detail);
-    assert!(got.detail.contains("…bbbb"), "{}", got.detail);
+    assert_no_key_in(&got.detail, &key, "echoed in the message");
+    assert!(
+        got.detail.contains(&format!("…{}", &key[key.len() - 4..])),
+        "{}",
+        got.detail
+    );
     let plain = classify_response(A, 500, &[], &format!("upstream said {key}"));
-    assert!(!plain.detail.contains("aaaaaaaaaa"), "{}", plain.detail);
+    assert_no_key_in(&plain.detail, &key, "plain-text body");
     assert!(!plain.detail.contains("upstream said"), "{}", plain.detail);
 }
 
@@ -332,15 +338,6 @@ fn outcome_strings_match_finish_job() {
     assert_eq!(Outcome::Valid.as_str(), "valid");
     assert_eq!(Outcome::Invalid.as_str(), "invalid");
     assert_eq!(Outcome::Retry.as_str(), "retry");
-}
-
-/// An Anthropic-shaped key whose every 12-character window is distinctive.
-fn hostile_key() -> String {
-    let alphabet = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
-    let body: String = (0..93u32)
-        .map(|i| alphabet[((i * 37 + i * i * 11 + 5) % alphabet.len() as u32) as usize] as char)
-        .collect();
-    format!("sk-ant-api03-{body}AA")
 }
 
 /// `key` as a JSON string body with every 19th character written as a
@@ -376,7 +373,7 @@ fn assert_no_key_in(detail: &str, key: &str, what: &str) {
 
 #[test]
 fn hostile_bodies_never_put_the_key_in_the_detail() {
-    let key = hostile_key();
+    let key = sample_key("anthropic", 12);
     let esc = escaped_every_19(&key);
     assert!(!esc.contains(&key[..40]), "the escape must split the key");
     let message = |k: &str| {
@@ -460,7 +457,7 @@ fn unparsed_bodies_are_never_quoted() {
 
 #[test]
 fn the_parsed_message_is_quoted_redacted() {
-    let key = hostile_key();
+    let key = sample_key("anthropic", 12);
     let got = classify_response(
         A,
         401,

@@ -16,8 +16,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use byok_core::samples::sample_key_marked;
 use byok_integration::postgres::Client;
-use byok_integration::{sample_key, wait_until, Cluster, ClusterOptions};
+use byok_integration::{wait_until, Cluster, ClusterOptions};
 use uuid::Uuid;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_byok-sidecar");
@@ -125,13 +126,7 @@ impl Env {
     /// A key of `vendor` ("anthropic" | "openai") whose body starts with
     /// `marker` (the mock's behaviour selector), unique per `seed`.
     pub fn key(&mut self, vendor: &str, marker: &str, seed: u64) -> String {
-        let mut key = sample_key(vendor, seed);
-        let at = if vendor == "anthropic" {
-            "sk-ant-api03-".len()
-        } else {
-            "sk-proj-".len()
-        };
-        key.replace_range(at..at + marker.len(), marker);
+        let key = sample_key_marked(vendor, marker, seed);
         self.keys.push(key.clone());
         key
     }
