@@ -40,6 +40,8 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: the demo and the leak suite read files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter("info");
     let installed = match args.log_format {
         LogFormat::Json => logs.json().try_init(),
