@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the product: a local PostgreSQL 15 cluster (under .run/) with pg_byok
 # preloaded and a freshly generated development master key, byok-sidecar
-# validating keys against the built-in mock vendor (no internet needed), and
+# validating keys against the mock vendor, byok-mock-vendor (no internet needed), and
 # a walkthrough of a key's life: add → list → validate → use → rotate →
 # revoke → workspace paused. `bash scripts/demo.sh stop` stops it all.
 #
@@ -28,8 +28,9 @@ stop_all() {
 
 bash scripts/setup.sh
 bash scripts/install-extension.sh
-cargo build --release -p byok-sidecar
+cargo build --release -p byok-sidecar -p byok-mock-vendor
 sidecar_bin=${CARGO_TARGET_DIR:-$root/target}/release/byok-sidecar
+mock_bin=${CARGO_TARGET_DIR:-$root/target}/release/byok-mock-vendor
 
 [ -f "$run/data/postmaster.pid" ] && stop_all
 rm -rf "$run"; mkdir -p "$run"
@@ -74,7 +75,7 @@ SQL
 if [ "${BYOK_DEMO_REAL_VENDORS:-0}" = 1 ]; then
     anthropic_url=https://api.anthropic.com; openai_url=https://api.openai.com
 else
-    "$sidecar_bin" mock-vendor --listen 127.0.0.1:0 > "$run/mock.log" 2>&1 &
+    "$mock_bin" --listen 127.0.0.1:0 > "$run/mock.log" 2>&1 &
     echo $! > "$run/mock.pid"
     for _ in $(seq 50); do grep -q listening "$run/mock.log" && break; sleep 0.1; done
     mock=$(sed -n 's/^mock-vendor listening on //p' "$run/mock.log")

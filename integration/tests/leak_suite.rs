@@ -264,7 +264,14 @@ fn sidecar_bin() -> Option<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let p = target.join("debug/byok-sidecar");
-    p.is_file().then_some(p)
+    (p.is_file() && mock_vendor_bin(&p).is_file()).then_some(p)
+}
+
+/// The mock vendor's own binary (crate byok-mock-vendor), next to the sidecar's.
+fn mock_vendor_bin(sidecar: &Path) -> PathBuf {
+    std::env::var_os("BYOK_MOCK_VENDOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| sidecar.with_file_name("byok-mock-vendor"))
 }
 
 /// A child process whose stdout and stderr are collected by threads.
@@ -339,8 +346,8 @@ impl Captured {
 /// has a verdict; returns the output of both processes.
 fn sidecar_cycle(c: &Cluster, bin: &Path, pending: &[Uuid]) -> Vec<u8> {
     let mock = spawn_captured(
-        Command::new(bin)
-            .args(["mock-vendor", "--listen", "127.0.0.1:0", "--slow-ms", "10"])
+        Command::new(mock_vendor_bin(bin))
+            .args(["--listen", "127.0.0.1:0", "--slow-ms", "10"])
             .env_remove("DATABASE_URL"),
     );
     let mut addr = None;
@@ -833,10 +840,10 @@ fn no_key_reaches_logs_dumps_wal_data_files_or_sidecar_output() {
         None => {
             assert!(
                 std::env::var_os("CI").is_none(),
-                "CI: target/debug/byok-sidecar is missing (build it: cargo build -p byok-sidecar)"
+                "CI: target/debug/byok-sidecar or byok-mock-vendor is missing (build them: cargo build -p byok-sidecar -p byok-mock-vendor)"
             );
             eprintln!(
-                "leak suite: WARNING: no sidecar binary (cargo build -p byok-sidecar); \
+                "leak suite: WARNING: no sidecar or mock vendor binary (cargo build -p byok-sidecar -p byok-mock-vendor); \
                  validating through claim_jobs/finish_job in SQL instead"
             );
             validate_by_sql(&c, "valid", true);

@@ -86,11 +86,13 @@ pub fn behaviour(key: &str) -> Behaviour {
 
 #[cfg(test)]
 mod tests {
+    use byok_core::samples::{sample_key, sample_key_marked};
+
     use super::*;
 
     #[test]
     fn markers_select_behaviours() {
-        let k = |m: &str| format!("sk-ant-api03-{m}{}AA", "x".repeat(80));
+        let k = |m: &str| sample_key_marked("anthropic", m, 1);
         assert_eq!(behaviour(&k("")), Behaviour::Valid);
         assert_eq!(behaviour(&k("mock401")), Behaviour::Unauthorized);
         assert_eq!(behaviour(&k("mockquota")), Behaviour::NoCredit);
@@ -98,13 +100,23 @@ mod tests {
         assert!(key_shaped(Vendor::Anthropic, &k("")));
         assert!(!key_shaped(
             Vendor::Anthropic,
-            "sk-ant-admin01-xxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+            &sample_key("anthropic-admin", 1)
         ));
         assert!(!key_shaped(Vendor::OpenAi, &k("")));
-        assert!(key_shaped(
-            Vendor::OpenAi,
-            &format!("sk-proj-{}", "a".repeat(60))
-        ));
+        assert!(!key_shaped(Vendor::OpenAi, &sample_key("openai-admin", 1)));
+        for openai in ["openai", "openai-svcacct", "openai-legacy"] {
+            assert!(
+                key_shaped(Vendor::OpenAi, &sample_key(openai, 1)),
+                "{openai}"
+            );
+        }
         assert!(!key_shaped(Vendor::OpenAi, "Bearer"));
+        for vendor in Vendor::ALL {
+            for (marker, b) in MARKERS {
+                let key = sample_key_marked(vendor.as_str(), marker, 2);
+                assert!(key_shaped(vendor, &key), "{key}");
+                assert_eq!(behaviour(&key), b, "{key}");
+            }
+        }
     }
 }

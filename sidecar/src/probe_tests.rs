@@ -1,15 +1,58 @@
-//! The sidecar's prober against the mock: every behaviour classified as
-//! the table says, and transport failures sorted into the right kind.
+//! The prober against the mock vendor (started in-process, a real HTTP
+//! server on loopback): every behaviour classified as the table says, the
+//! requests well formed, and transport failures sorted into the right kind.
 
 use std::time::Duration;
 
-use byok_core::classify::{Outcome, TransportError};
+use byok_core::samples::sample_key_marked;
 use byok_core::Vendor;
+use byok_mock_vendor::stats::Stats;
+use byok_mock_vendor::MockHandle;
 use zeroize::Zeroizing;
 
-use super::{anthropic_key, mock, openai_key, prober, stats};
-use crate::config::Probe;
+use crate::classify::{classify_transport, Outcome, TransportError};
+use crate::config::{Probe, Target};
 use crate::probe::Prober;
+
+fn anthropic_key(marker: &str) -> String {
+    sample_key_marked("anthropic", marker, 1)
+}
+
+fn openai_key(marker: &str) -> String {
+    sample_key_marked("openai", marker, 1)
+}
+
+async fn mock() -> MockHandle {
+    byok_mock_vendor::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Duration::from_millis(300),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
+}
+
+fn prober_at(anthropic: &str, openai: &str, probe: Probe, timeout: Duration) -> Prober {
+    Prober::new(
+        Target::new(anthropic, probe, "claude-haiku-4-5"),
+        Target::new(openai, probe, "gpt-4o-mini"),
+        timeout,
+    )
+    .unwrap()
+}
+
+fn prober(m: &MockHandle, probe: Probe, timeout: Duration) -> Prober {
+    prober_at(&m.anthropic_base(), &m.openai_base(), probe, timeout)
+}
+
+async fn stats(m: &MockHandle) -> Stats {
+    reqwest::get(format!("http://{}/__mock/stats", m.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
 
 #[tokio::test]
 async fn prober_classifies_every_mock_behaviour() {
@@ -85,46 +128,36 @@ async fn hangs_time_out_and_refused_ports_are_connect_errors() {
     assert!(r.verdict.vendor_fault);
     assert_eq!(
         r.verdict,
-        byok_core::classify::classify_transport(Vendor::Anthropic, TransportError::Timeout)
+        classify_transport(Vendor::Anthropic, TransportError::Timeout)
     );
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let args = {
-        use clap::Parser;
-        crate::config::Cli::try_parse_from([
-            "x",
-            "--openai-base-url",
-            &format!("http://127.0.0.1:{port}"),
-        ])
-        .unwrap()
-        .run
-    };
-    let r = Prober::new(&args, Duration::from_secs(2))
-        .unwrap()
-        .probe(Vendor::OpenAi, Zeroizing::new(openai_key("")))
-        .await;
+    let refused = format!("http://127.0.0.1:{port}");
+    let r = prober_at(
+        &m.anthropic_base(),
+        &refused,
+        Probe::Completion,
+        Duration::from_secs(2),
+    )
+    .probe(Vendor::OpenAi, Zeroizing::new(openai_key("")))
+    .await;
     assert_eq!(
         r.verdict,
-        byok_core::classify::classify_transport(Vendor::OpenAi, TransportError::Connect)
+        classify_transport(Vendor::OpenAi, TransportError::Connect)
     );
     // TLS spoken to a plain-HTTP server fails the handshake.
-    let args = {
-        use clap::Parser;
-        crate::config::Cli::try_parse_from([
-            "x",
-            "--anthropic-base-url",
-            &format!("https://{}", m.addr),
-        ])
-        .unwrap()
-        .run
-    };
-    let r = Prober::new(&args, Duration::from_secs(2))
-        .unwrap()
-        .probe(Vendor::Anthropic, Zeroizing::new(anthropic_key("")))
-        .await;
+    let tls = format!("https://{}", m.addr);
+    let r = prober_at(
+        &tls,
+        &m.openai_base(),
+        Probe::Completion,
+        Duration::from_secs(2),
+    )
+    .probe(Vendor::Anthropic, Zeroizing::new(anthropic_key("")))
+    .await;
     assert_eq!(
         r.verdict,
-        byok_core::classify::classify_transport(Vendor::Anthropic, TransportError::Tls)
+        classify_transport(Vendor::Anthropic, TransportError::Tls)
     );
 }

@@ -11,8 +11,8 @@ use axum::Extension;
 use byok_core::Vendor;
 use serde_json::{json, Value};
 
-use super::rules::{behaviour, key_shaped, Behaviour};
-use super::{gate, request_id, Gate, KillSwitch, MockState};
+use crate::rules::{behaviour, key_shaped, Behaviour};
+use crate::state::{gate, json, request_id, Gate, KillSwitch, MockState};
 
 const V: Vendor = Vendor::OpenAi;
 const ROLES: [&str; 6] = [
@@ -24,7 +24,7 @@ const ROLES: [&str; 6] = [
     "function",
 ];
 
-pub(super) fn error_body(message: &str, kind: &str, code: Option<&str>) -> Value {
+pub(crate) fn error_body(message: &str, kind: &str, code: Option<&str>) -> Value {
     error_body_param(message, kind, None, code)
 }
 
@@ -33,7 +33,7 @@ fn error_body_param(message: &str, kind: &str, param: Option<&str>, code: Option
 }
 
 fn error(status: u16, message: &str, kind: &str, code: Option<&str>, rid: &str) -> Response {
-    let mut resp = super::json(status, "x-request-id", rid, error_body(message, kind, code));
+    let mut resp = json(status, "x-request-id", rid, error_body(message, kind, code));
     if status == 429 && code != Some("insufficient_quota") {
         resp.headers_mut()
             .insert("retry-after", "2".parse().unwrap());
@@ -189,7 +189,7 @@ fn judged(
         Behaviour::Unavailable | Behaviour::Overloaded => {
             error(503, "The engine is currently overloaded, please try again later.", "server_error", None, rid)
         }
-        _ => super::json(200, "x-request-id", rid, ok()),
+        _ => json(200, "x-request-id", rid, ok()),
     }
 }
 
@@ -203,7 +203,7 @@ fn outage(status: u16, rid: &str) -> Response {
     )
 }
 
-pub(super) async fn models(
+pub(crate) async fn models(
     State(state): State<MockState>,
     Extension(kill): Extension<KillSwitch>,
     headers: HeaderMap,
@@ -228,7 +228,7 @@ pub(super) async fn models(
     }
 }
 
-pub(super) async fn chat(
+pub(crate) async fn chat(
     State(state): State<MockState>,
     Extension(kill): Extension<KillSwitch>,
     headers: HeaderMap,
@@ -241,7 +241,7 @@ pub(super) async fn chat(
     };
     if let Err((message, param)) = check_body(&headers, &body) {
         state.malformed(V, &message);
-        return super::json(
+        return json(
             400,
             "x-request-id",
             &rid,

@@ -1,5 +1,7 @@
 //! One test per row of the classification table, plus the edges.
 
+use byok_core::samples::sample_key;
+
 use super::*;
 
 const A: Vendor = Vendor::Anthropic;
@@ -289,17 +291,22 @@ fn probe_refused_is_retried_without_judging_the_key() {
 
 #[test]
 fn echoed_keys_never_reach_the_detail() {
-    let key = format!("sk-proj-{}T3BlbkFJ{}", "a".repeat(74), "b".repeat(74));
+    let key = sample_key("openai", 3);
     let body = openai_error(
         "invalid_request_error",
         "invalid_api_key",
         &format!("Incorrect API key provided: {key}."),
     );
     let got = classify_response(O, 401, &[], &body);
-    assert!(!got.detail.contains("aaaaaaaaaa"), "{}", got.detail);
-    assert!(got.detail.contains("…bbbb"), "{}", got.detail);
+    assert_no_key_in(&got.detail, &key, "echoed in the message");
+    assert!(
+        got.detail.contains(&format!("…{}", &key[key.len() - 4..])),
+        "{}",
+        got.detail
+    );
     let plain = classify_response(A, 500, &[], &format!("upstream said {key}"));
-    assert!(!plain.detail.contains("aaaaaaaaaa"), "{}", plain.detail);
+    assert_no_key_in(&plain.detail, &key, "plain-text body");
+    assert!(!plain.detail.contains("upstream said"), "{}", plain.detail);
 }
 
 #[test]
@@ -309,6 +316,7 @@ fn long_messages_are_bounded() {
     assert!(got.detail.chars().count() < 600, "{}", got.detail.len());
     let junk = classify_response(A, 500, &[], &"y".repeat(5000));
     assert!(junk.detail.chars().count() < 600);
+    assert!(!junk.detail.contains("yyy"), "{}", junk.detail);
 }
 
 #[test]
@@ -330,4 +338,144 @@ fn outcome_strings_match_finish_job() {
     assert_eq!(Outcome::Valid.as_str(), "valid");
     assert_eq!(Outcome::Invalid.as_str(), "invalid");
     assert_eq!(Outcome::Retry.as_str(), "retry");
+}
+
+/// `key` as a JSON string body with every 19th character written as a
+/// `\u00XX` escape: the raw text holds the key only in runs of 18.
+fn escaped_every_19(key: &str) -> String {
+    key.chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i % 19 == 18 {
+                format!("\\u{:04x}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// The leak test every detail passes: no 12-character run of the key, and
+/// nothing key-shaped at all.
+fn assert_no_key_in(detail: &str, key: &str, what: &str) {
+    assert!(
+        !byok_core::redact::contains_key_shaped(detail),
+        "{what}: key-shaped text in the detail: {detail}"
+    );
+    for run in key.as_bytes().windows(12) {
+        let run = std::str::from_utf8(run).unwrap();
+        assert!(
+            !detail.contains(run),
+            "{what}: the key's run {run:?} reached the detail: {detail}"
+        );
+    }
+}
+
+#[test]
+fn hostile_bodies_never_put_the_key_in_the_detail() {
+    let key = sample_key("anthropic", 12);
+    let esc = escaped_every_19(&key);
+    assert!(!esc.contains(&key[..40]), "the escape must split the key");
+    let message = |k: &str| {
+        format!(
+            r#"{{"type":"error","error":{{"type":"authentication_error","message":"invalid x-api-key {k}"}}}}"#
+        )
+    };
+    let nest = |depth: usize, inner: &str| {
+        format!(
+            r#"{{"error":{{"type":"authentication_error","message":"bad key {inner}"}},"x":{}1{}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        )
+    };
+    let cases: Vec<(&str, String)> = vec![
+        ("escaped key in a parsed message", message(&esc)),
+        ("escaped key, 40 levels deep", nest(40, &esc)),
+        ("escaped key, nested past any parser limit", nest(300, &esc)),
+        (
+            "escaped key, trailing junk",
+            format!("{} trailing {esc}", message(&esc)),
+        ),
+        (
+            "escaped key, truncated JSON",
+            message(&esc)[..message(&esc).len() - 3].to_owned(),
+        ),
+        (
+            "escaped key as plain text",
+            format!("invalid x-api-key {esc}"),
+        ),
+        (
+            "plain key as plain text",
+            format!("invalid x-api-key {key}"),
+        ),
+        ("plain key in a parsed message", message(&key)),
+        (
+            "key as the error type, code and request id",
+            format!(
+                r#"{{"error":{{"type":"{key}","code":"{esc}","message":"m"}},"request_id":"{key}"}}"#
+            ),
+        ),
+    ];
+    for (what, body) in &cases {
+        assert!(body.len() <= 2000, "{what}");
+        for (vendor, status) in [(A, 401), (O, 401), (A, 403), (A, 500), (O, 429), (A, 404)] {
+            let got = classify_response(vendor, status, &[("request-id", &esc)], body);
+            assert_no_key_in(&got.detail, &key, what);
+            assert!(
+                got.detail.contains(&format!("HTTP {status}")),
+                "{what}: {}",
+                got.detail
+            );
+        }
+    }
+}
+
+#[test]
+fn unparsed_bodies_are_never_quoted() {
+    for body in [
+        "<html><body>Service Unavailable, try later</body></html>".to_owned(),
+        r#"{"error":{"message":"nested too deep"}} junk"#.to_owned(),
+        format!(
+            r#"{{"error":{{"message":"deep"}},"x":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        ),
+        r#"{"error":{"message":"unterminated"#.to_owned(),
+    ] {
+        let got = classify_response(A, 401, &[], &body);
+        assert_eq!(got.outcome, Outcome::Invalid);
+        for word in ["Service", "nested", "deep", "unterminated", "junk"] {
+            assert!(!got.detail.contains(word), "{body}: {}", got.detail);
+        }
+        assert!(
+            got.detail.contains("(HTTP 401 Unauthorized)"),
+            "a fixed description of the status: {}",
+            got.detail
+        );
+    }
+}
+
+#[test]
+fn the_parsed_message_is_quoted_redacted() {
+    let key = sample_key("anthropic", 12);
+    let got = classify_response(
+        A,
+        401,
+        &[],
+        &anthropic_error(
+            "authentication_error",
+            &format!("invalid x-api-key {}", escaped_every_19(&key)),
+        ),
+    );
+    assert!(
+        got.detail.contains("\"invalid x-api-key …"),
+        "{}",
+        got.detail
+    );
+    assert!(
+        got.detail.contains(&key[key.len() - 4..]),
+        "the mask's last 4: {}",
+        got.detail
+    );
+    assert_no_key_in(&got.detail, &key, "parsed message");
 }

@@ -1,29 +1,27 @@
-//! The mock, hit over real HTTP: vendor shapes, request checks, faults, and
-//! the sidecar's own prober classified end to end against it.
+//! The mock, hit over real HTTP: vendor shapes, request checks, faults.
+//! (The sidecar's own prober is classified against it in the sidecar's
+//! tests, which start it in-process.)
 
 use std::time::Duration;
 
-use byok_core::classify::Outcome;
-use byok_core::Vendor;
 use serde_json::{json, Value};
-use zeroize::Zeroizing;
 
-use super::control::Stats;
+use super::stats::Stats;
 use super::*;
-use crate::config::{Probe, RunArgs};
-use crate::probe::{Prober, ANTHROPIC_VERSION};
+use byok_core::samples::sample_key_marked;
 
-pub(super) fn anthropic_key(marker: &str) -> String {
-    let body = format!("{marker}{}", "x".repeat(93));
-    format!("sk-ant-api03-{}AA", &body[..93])
+/// The header value the real Anthropic API requires.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+fn anthropic_key(marker: &str) -> String {
+    sample_key_marked("anthropic", marker, 1)
 }
 
-pub(super) fn openai_key(marker: &str) -> String {
-    let half = format!("{marker}{}", "y".repeat(74));
-    format!("sk-proj-{}T3BlbkFJ{}", &half[..74], "z".repeat(74))
+fn openai_key(marker: &str) -> String {
+    sample_key_marked("openai", marker, 1)
 }
 
-pub(super) async fn mock() -> MockHandle {
+async fn mock() -> MockHandle {
     start(
         "127.0.0.1:0".parse().unwrap(),
         Duration::from_millis(300),
@@ -33,25 +31,7 @@ pub(super) async fn mock() -> MockHandle {
     .unwrap()
 }
 
-pub(super) fn prober(m: &MockHandle, probe: Probe, timeout: Duration) -> Prober {
-    use clap::Parser;
-    let cli = crate::config::Cli::try_parse_from([
-        "x",
-        "--anthropic-base-url",
-        &m.anthropic_base(),
-        "--openai-base-url",
-        &m.openai_base(),
-    ])
-    .unwrap();
-    let args = RunArgs {
-        anthropic_probe: probe,
-        openai_probe: probe,
-        ..cli.run
-    };
-    Prober::new(&args, timeout).unwrap()
-}
-
-pub(super) async fn stats(m: &MockHandle) -> Stats {
+async fn stats(m: &MockHandle) -> Stats {
     reqwest::get(format!("http://{}/__mock/stats", m.addr))
         .await
         .unwrap()
@@ -208,23 +188,22 @@ async fn scripted_outage_hits_every_key_then_ends() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let p = prober(&m, Probe::Completion, Duration::from_secs(2));
-    let during = p
-        .probe(Vendor::Anthropic, Zeroizing::new(anthropic_key("")))
-        .await;
-    assert_eq!(
-        (during.http_status, during.verdict.vendor_fault),
-        (Some(529), true)
-    );
-    let other = p
-        .probe(Vendor::OpenAi, Zeroizing::new(openai_key("")))
-        .await;
-    assert_eq!(other.verdict.outcome, Outcome::Valid);
+    let anthropic_models = || {
+        c.get(format!("{}/v1/models", m.anthropic_base()))
+            .header("x-api-key", anthropic_key(""))
+            .header("anthropic-version", ANTHROPIC_VERSION)
+            .send()
+    };
+    assert_eq!(anthropic_models().await.unwrap().status(), 529);
+    let other = c
+        .get(format!("{}/v1/models", m.openai_base()))
+        .bearer_auth(openai_key(""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200, "an outage is per vendor");
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let after = p
-        .probe(Vendor::Anthropic, Zeroizing::new(anthropic_key("")))
-        .await;
-    assert_eq!(after.verdict.outcome, Outcome::Valid);
+    assert_eq!(anthropic_models().await.unwrap().status(), 200);
     assert_eq!(stats(&m).await.requests["anthropic"]["outage"], 1);
     assert_eq!(
         c.post(&ctl)
@@ -235,6 +214,13 @@ async fn scripted_outage_hits_every_key_then_ends() {
             .status(),
         400
     );
+    let reset = c
+        .post(format!("http://{}/__mock/reset", m.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reset.status(), 200);
+    assert_eq!(stats(&m).await.total("anthropic"), 0);
 }
 
 #[tokio::test]
@@ -245,6 +231,3 @@ async fn refuses_to_listen_beyond_loopback() {
             .is_err()
     );
 }
-
-#[path = "probe_tests.rs"]
-mod probe_tests;

@@ -11,8 +11,8 @@ use axum::Extension;
 use byok_core::Vendor;
 use serde_json::{json, Value};
 
-use super::rules::{behaviour, key_shaped, Behaviour};
-use super::{gate, request_id, Gate, KillSwitch, MockState};
+use crate::rules::{behaviour, key_shaped, Behaviour};
+use crate::state::{gate, json, request_id, Gate, KillSwitch, MockState};
 
 const V: Vendor = Vendor::Anthropic;
 const VERSIONS: [&str; 2] = ["2023-06-01", "2023-01-01"];
@@ -35,12 +35,12 @@ const FIELDS: [&str; 16] = [
     "mcp_servers",
 ];
 
-pub(super) fn error_body(kind: &str, message: &str, request_id: &str) -> Value {
+pub(crate) fn error_body(kind: &str, message: &str, request_id: &str) -> Value {
     json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id})
 }
 
 fn error(status: u16, kind: &str, message: &str, rid: &str) -> Response {
-    let mut resp = super::json(status, "request-id", rid, error_body(kind, message, rid));
+    let mut resp = json(status, "request-id", rid, error_body(kind, message, rid));
     if status == 429 {
         resp.headers_mut()
             .insert("retry-after", "2".parse().unwrap());
@@ -187,7 +187,7 @@ fn judged(
         Behaviour::ServerError => error(500, "api_error", "Internal server error", rid),
         Behaviour::Unavailable => error(503, "api_error", "Service unavailable", rid),
         Behaviour::Overloaded => error(529, "overloaded_error", "Overloaded", rid),
-        _ => super::json(200, "request-id", rid, ok()),
+        _ => json(200, "request-id", rid, ok()),
     }
 }
 
@@ -200,7 +200,7 @@ fn outage(status: u16, rid: &str) -> Response {
     }
 }
 
-pub(super) async fn models(
+pub(crate) async fn models(
     State(state): State<MockState>,
     Extension(kill): Extension<KillSwitch>,
     RawQuery(query): RawQuery,
@@ -241,7 +241,7 @@ pub(super) async fn models(
     }
 }
 
-pub(super) async fn messages(
+pub(crate) async fn messages(
     State(state): State<MockState>,
     Extension(kill): Extension<KillSwitch>,
     headers: HeaderMap,

@@ -19,13 +19,17 @@
 //! key, so the key is neither activated nor erased; it is retried and ends
 //! `unverified` with a detail that points at the sidecar's settings.
 //!
-//! Every `detail` is safe to store and log: vendor text is passed through
-//! [`crate::redact::redact`] (an error body may echo the key) and bounded.
+//! Every `detail` is safe to store and log, and users and the audit log see
+//! it: the only vendor text it ever quotes is the parsed `error.message`
+//! (plus the short identifiers `error.type`/`error.code` and the request id),
+//! passed through [`byok_core::redact::redact`] (an error body may echo the
+//! key) and bounded. A body that does not parse as JSON is never quoted: the
+//! detail then names the HTTP status only (security finding 12: a raw body
+//! defeats redaction with `\u00XX` escapes that split the key into short runs).
 
-mod json;
 mod vendor_error;
 
-use crate::vendor::Vendor;
+use byok_core::Vendor;
 use vendor_error::VendorError;
 
 /// What the worker should tell `byok.finish_job`.
@@ -76,9 +80,6 @@ pub enum TransportError {
     /// Any other failure to get an answer.
     Other,
 }
-
-/// Longest piece of vendor text quoted in a detail.
-pub(crate) const MAX_QUOTED_CHARS: usize = 300;
 
 /// Classifies an HTTP answer. `headers` are (name, value) pairs; names are
 /// matched case-insensitively. `body` is the response body as text.
@@ -221,7 +222,7 @@ fn forbidden_detail(vendor: Vendor, err: &VendorError) -> String {
     )
 }
 
-pub(crate) fn header<'a>(headers: &[(&str, &'a str)], name: &str) -> Option<&'a str> {
+fn header<'a>(headers: &[(&str, &'a str)], name: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -242,7 +243,11 @@ fn retry_after_seconds(headers: &[(&str, &str)]) -> Option<u32> {
         .and_then(parse)
         .map(|ms| ms / 1000.0)
         .or_else(|| header(headers, "retry-after").and_then(parse))?;
-    Some(seconds.ceil().min(crate::backoff::MAX_RETRY_AFTER_SECONDS) as u32)
+    Some(
+        seconds
+            .ceil()
+            .min(byok_core::backoff::MAX_RETRY_AFTER_SECONDS) as u32,
+    )
 }
 
 #[cfg(test)]
