@@ -13,6 +13,10 @@
 //!   for tests that check lengths and kinds.
 //! * [`random_master_key_hex`]: a fresh master key.
 //! * [`strategies`]: proptest generators of keys and of text around them.
+//!
+//! Another crate's tests turn it on in its `Cargo.toml` (dev-dependencies
+//! only, so shipped builds never see it):
+//! `[dev-dependencies] byok-core = { workspace = true, features = ["samples"] }`.
 
 pub mod strategies;
 
