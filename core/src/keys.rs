@@ -62,7 +62,7 @@ impl KeyKind {
 }
 
 /// The characters both vendors use in key bodies (base64url alphabet).
-pub(crate) fn is_key_byte(b: u8) -> bool {
+pub(crate) const fn is_key_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
 }
 
