@@ -58,8 +58,7 @@ use pieces::{pieces, Piece, MAX_GAP_BYTES};
 
 const PREFIX: &[u8] = b"sk-";
 
-/// base64 of "OpenAI": the middle of every OpenAI key.
-const OPENAI_MARKER: &[u8] = b"T3BlbkFJ";
+const OPENAI_MARKER: &[u8] = crate::keys::OPENAI_MARKER.as_bytes();
 
 /// Key characters that must follow `sk-` (rules 1 and 2). Shorter runs are
 /// ordinary words (`sk-learn`); real keys have 48+.
