@@ -133,8 +133,11 @@ log_statement = 'all'
 CONF
 as_postgres "$bin/pg_ctl" -D "$run/data" -l "$run/postgres.log" -w start >/dev/null
 
+# A and B for the function's tests (B's member is the outsider), C for the page's.
 ws_a=a0000000-0000-4000-8000-00000000000a ws_b=a0000000-0000-4000-8000-00000000000b
+ws_c=a0000000-0000-4000-8000-00000000000c
 user_a=b0000000-0000-4000-8000-00000000000a user_b=b0000000-0000-4000-8000-00000000000b
+user_c=b0000000-0000-4000-8000-00000000000c
 psql -X -q -h "$run" -p "$pg_port" -U postgres -d postgres -v ON_ERROR_STOP=1 -o /dev/null <<SQL
 CREATE EXTENSION pg_byok;
 CREATE ROLE anon NOLOGIN; CREATE ROLE authenticated NOLOGIN; CREATE ROLE service_role NOLOGIN;
@@ -144,8 +147,8 @@ CREATE ROLE byok_sidecar LOGIN IN ROLE byok_worker;
 CREATE SCHEMA app;
 CREATE TABLE app.workspaces (id uuid PRIMARY KEY, name text, status text NOT NULL DEFAULT 'active');
 CREATE TABLE app.members (workspace_id uuid REFERENCES app.workspaces, user_id uuid);
-INSERT INTO app.workspaces VALUES ('$ws_a', 'Acme', 'active'), ('$ws_b', 'Globex', 'active');
-INSERT INTO app.members VALUES ('$ws_a', '$user_a'), ('$ws_b', '$user_b');
+INSERT INTO app.workspaces VALUES ('$ws_a', 'Acme', 'active'), ('$ws_b', 'Globex', 'active'), ('$ws_c', 'Initech', 'active');
+INSERT INTO app.members VALUES ('$ws_a', '$user_a'), ('$ws_b', '$user_b'), ('$ws_c', '$user_c');
 SELECT byok.attach_members('app.members', 'workspace_id', 'user_id');
 SELECT byok.attach_workspaces('app.workspaces', 'id', 'status');
 SQL
@@ -158,7 +161,7 @@ DATABASE_URL="postgres://byok_sidecar@127.0.0.1:$pg_port/postgres" \
 ANTHROPIC_BASE_URL=$mock/anthropic OPENAI_BASE_URL=$mock/openai \
     "$target/debug/byok-sidecar" --metrics-addr 127.0.0.1:0 --poll-interval 1 > "$run/sidecar.log" 2>&1 &
 echo $! > "$run/sidecar.pid"
-start_apps "$run" "$pg_port" "$mock/anthropic" "$mock/openai" "$ws_a" "$user_a"
+start_apps "$run" "$pg_port" "$mock/anthropic" "$mock/openai" "$ws_c" "$user_c"
 
 export EDGE_URL PAGE_URL MOCK_URL=$mock WS_A=$ws_a WS_B=$ws_b USER_A=$user_a USER_B=$user_b
 export PG_SOCKET_DIR=$run PG_PORT=$pg_port PG_LOG=$run/postgres.log EDGE_LOG=$run/edge.log

@@ -3,7 +3,8 @@
 #   1. byok-core and sidecar unit/property tests (no database)
 #   2. the extension's #[pg_test]s (cargo pgrx test, a cluster pgrx starts)
 #   3. SQL-level scenarios, tenancy, sidecar end-to-end and the leak suite,
-#      each against real clusters the tests start as the postgres OS user.
+#      each against real clusters the tests start as the postgres OS user;
+#   4. the examples (edge function, settings page) against such a cluster.
 # Installs what it needs first (scripts/setup.sh). Run as root or a sudoer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,9 @@ BYOK_PROFILE=${BYOK_PROFILE:-debug} bash scripts/install-extension.sh
 
 step "integration tests: scenarios, tenancy, sidecar end to end, leak suite"
 cargo test -p byok-integration -p byok-sidecar --test '*' --no-fail-fast -- --test-threads=2
+
+step "examples: the edge function (Deno) and the Settings → Keys page (headless Chromium) on a real cluster"
+bash scripts/examples.sh test
 
 step "vendor spec conformance: the sidecar's requests against Prism serving the vendors' OpenAPI specs"
 if exports=$(bash scripts/prism.sh start); then

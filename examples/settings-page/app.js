@@ -116,6 +116,7 @@ async function submitReplace(e, k, input, status) {
   try {
     const { key } = await api("POST", `/keys/${k.id}/replace`, { api_key: apiKey });
     input.value = "";
+    e.target.remove();
     replacing.set(key.id, k.masked);
     say($("#add-status"), `Added ${key.masked}; it takes over from ${k.masked} once ${vendorName(key.vendor)} accepts it.`);
     await refresh();
