@@ -50,10 +50,14 @@ wait_for() {  # file, pattern: up to 15 s
 start_apps() {
     local run=$1 pg_port=$2 anthropic=$3 openai=$4 ws=$5 user=$6 edge_port page_port
     edge_port=$(free_port); page_port=$(free_port)
+    # The function may reach loopback and the two vendor hosts, nothing else.
+    local net
+    net=$(node -e 'console.log(["127.0.0.1", ...process.argv.slice(1).map((u) => new URL(u).host)].join(","))' \
+        "$anthropic" "$openai")
     (cd "$edge" && DATABASE_URL="postgres://authenticator@127.0.0.1:$pg_port/postgres" \
         ANTHROPIC_BASE_URL=$anthropic OPENAI_BASE_URL=$openai PORT=$edge_port \
         ALLOWED_ORIGIN="http://127.0.0.1:$page_port" \
-        exec "$deno" run --frozen --allow-net=127.0.0.1 --allow-env --allow-read=. --allow-sys index.ts \
+        exec "$deno" run --frozen --allow-net="$net" --allow-env --allow-read=. --allow-sys index.ts \
         > "$run/edge.log" 2>&1) &
     echo $! > "$run/edge.pid"
     (cd "$page" && API_URL="http://127.0.0.1:$edge_port" WORKSPACE_ID=$ws USER_ID=$user PORT=$page_port \
@@ -167,6 +171,9 @@ export EDGE_URL PAGE_URL MOCK_URL=$mock WS_A=$ws_a WS_B=$ws_b USER_A=$user_a USE
 export PG_SOCKET_DIR=$run PG_PORT=$pg_port PG_LOG=$run/postgres.log EDGE_LOG=$run/edge.log
 export SCREENSHOT_DIR=$shots PLAYWRIGHT_CORE=$cache/node_modules/playwright-core
 status=0
+echo "== examples: deno check, lint and fmt --check"
+(cd "$edge" && "$deno" check --frozen --quiet index.ts test/*.ts && "$deno" lint --quiet && "$deno" fmt --check --quiet) || status=1
+(cd "$page" && "$deno" check --quiet serve.ts && "$deno" lint --quiet && "$deno" fmt --check --quiet) || status=1
 echo "== edge function: Deno tests (unit, and end to end against $EDGE_URL)"
 (cd "$edge" && "$deno" test --frozen --allow-net=127.0.0.1 --allow-env --allow-read --allow-run=psql --allow-sys) || status=1
 echo "== settings page: headless Chromium against $PAGE_URL"

@@ -63,29 +63,61 @@ function vendorName(v) {
 function keyRow(k) {
   const status = STATUS[k.status] ?? k.status;
   const badge = el("span", { class: `badge ${k.status}` }, `${k.masked} · ${status}`);
-  const who = el("span", { class: "who" }, el("strong", {}, vendorName(k.vendor)), k.label ? ` — ${k.label}` : "");
+  const who = el(
+    "span",
+    { class: "who" },
+    el("strong", {}, vendorName(k.vendor)),
+    k.label ? ` — ${k.label}` : "",
+  );
   const li = el("li", { "data-key-id": k.id, "data-status": k.status }, who, badge);
   const replaces = replacing.get(k.id);
   let detail = null;
   if (k.status === "pending") {
     detail = replaces
-      ? `Checking it with ${vendorName(k.vendor)}; ${replaces} keeps working until this key is valid.`
+      ? `Checking it with ${
+        vendorName(k.vendor)
+      }; ${replaces} keeps working until this key is valid.`
       : `Checking it with ${vendorName(k.vendor)}…`;
   } else if (k.status_detail && k.status !== "active") {
-    const why = { invalid: "The vendor refused it", unverified: "Could not check it", revoked: "Revoked" };
+    const why = {
+      invalid: "The vendor refused it",
+      unverified: "Could not check it",
+      revoked: "Revoked",
+    };
     detail = `${why[k.status] ?? "Note"}: ${k.status_detail}`;
   }
   if (detail) li.append(el("p", { class: "detail muted" }, detail));
   const actions = el("span", { class: "actions" });
   const name = `${vendorName(k.vendor)} key ${k.masked}`;
   if (k.status === "unverified") {
-    actions.append(el("button", { type: "button", class: "secondary", "aria-label": `Check ${name} again`, onclick: () => act(k, "revalidate") }, "Check again"));
+    actions.append(
+      el("button", {
+        type: "button",
+        class: "secondary",
+        "aria-label": `Check ${name} again`,
+        onclick: () => act(k, "revalidate"),
+      }, "Check again"),
+    );
   }
   if (k.status === "active" || k.status === "unverified") {
-    actions.append(el("button", { type: "button", class: "secondary", "aria-label": `Replace ${name}`, onclick: () => openReplace(li, k) }, "Replace"));
+    actions.append(
+      el("button", {
+        type: "button",
+        class: "secondary",
+        "aria-label": `Replace ${name}`,
+        onclick: () => openReplace(li, k),
+      }, "Replace"),
+    );
   }
   if (k.status === "active" || k.status === "pending" || k.status === "unverified") {
-    actions.append(el("button", { type: "button", class: "danger", "aria-label": `Revoke ${name}`, onclick: () => revoke(k) }, "Revoke"));
+    actions.append(
+      el("button", {
+        type: "button",
+        class: "danger",
+        "aria-label": `Revoke ${name}`,
+        onclick: () => revoke(k),
+      }, "Revoke"),
+    );
   }
   li.append(actions);
   return li;
@@ -94,7 +126,13 @@ function keyRow(k) {
 function openReplace(li, k) {
   if (li.querySelector("form")) return li.querySelector("input").focus();
   const id = `replace-${k.id}`;
-  const input = el("input", { id, type: "password", autocomplete: "off", spellcheck: "false", required: "" });
+  const input = el("input", {
+    id,
+    type: "password",
+    autocomplete: "off",
+    spellcheck: "false",
+    required: "",
+  });
   const status = el("span", { role: "status" });
   const form = el(
     "form",
@@ -118,7 +156,12 @@ async function submitReplace(e, k, input, status) {
     input.value = "";
     e.target.remove();
     replacing.set(key.id, k.masked);
-    say($("#add-status"), `Added ${key.masked}; it takes over from ${k.masked} once ${vendorName(key.vendor)} accepts it.`);
+    say(
+      $("#add-status"),
+      `Added ${key.masked}; it takes over from ${k.masked} once ${
+        vendorName(key.vendor)
+      } accepts it.`,
+    );
     await refresh();
   } catch (err) {
     say(status, err.message, true);
@@ -133,7 +176,10 @@ async function revoke(k) {
 async function act(k, what, body = {}) {
   try {
     await api("POST", `/keys/${k.id}/${what}`, body);
-    say($("#add-status"), what === "revoke" ? `Revoked ${k.masked}.` : `Checking ${k.masked} again.`);
+    say(
+      $("#add-status"),
+      what === "revoke" ? `Revoked ${k.masked}.` : `Checking ${k.masked} again.`,
+    );
   } catch (err) {
     say($("#add-status"), err.message, true);
   }
@@ -141,11 +187,16 @@ async function act(k, what, body = {}) {
 }
 
 async function refresh() {
-  const [{ keys }, { activity }] = await Promise.all([api("GET", "/keys"), api("GET", "/activity")]);
+  const [{ keys }, { activity }] = await Promise.all([
+    api("GET", "/keys"),
+    api("GET", "/activity"),
+  ]);
   const list = $("#keys");
   // Keep an open replace form (and its focus) across refreshes.
-  const open = new Map([...list.querySelectorAll("li")].filter((li) => li.querySelector("form"))
-    .map((li) => [li.dataset.keyId, li]));
+  const open = new Map(
+    [...list.querySelectorAll("li")].filter((li) => li.querySelector("form"))
+      .map((li) => [li.dataset.keyId, li]),
+  );
   list.replaceChildren(...keys.map((k) => {
     const row = open.get(k.id);
     return row && row.dataset.status === k.status ? row : keyRow(k);
@@ -164,7 +215,9 @@ async function refresh() {
   ));
   // Keep checking while a key waits for the vendor's verdict.
   clearTimeout(poll);
-  if (keys.some((k) => k.status === "pending")) poll = setTimeout(() => refresh().catch(showLoadError), 1000);
+  if (keys.some((k) => k.status === "pending")) {
+    poll = setTimeout(() => refresh().catch(showLoadError), 1000);
+  }
 }
 
 function showLoadError(err) {

@@ -19,23 +19,32 @@ const env = (name: string) => {
   if (!v) throw new Error(`${name} is not set`);
   return v;
 };
-const config = JSON.stringify({ apiUrl: env("API_URL"), workspaceId: env("WORKSPACE_ID"), userId: env("USER_ID") });
+const config = JSON.stringify({
+  apiUrl: env("API_URL"),
+  workspaceId: env("WORKSPACE_ID"),
+  userId: env("USER_ID"),
+});
 const headers = (type: string) => ({
   "content-type": type,
   "cache-control": "no-store",
   // The page runs only its own script and talks only to its backend.
-  "content-security-policy": `default-src 'self'; connect-src 'self' ${env("API_URL")}; frame-ancestors 'none'`,
+  "content-security-policy": `default-src 'self'; connect-src 'self' ${
+    env("API_URL")
+  }; frame-ancestors 'none'`,
   "x-content-type-options": "nosniff",
 });
 
 Deno.serve({
   hostname: "127.0.0.1",
   port: Number(Deno.env.get("PORT") ?? "8080"),
-  onListen: ({ hostname, port }) => console.log(JSON.stringify({ msg: "listening", url: `http://${hostname}:${port}` })),
+  onListen: ({ hostname, port }) =>
+    console.log(JSON.stringify({ msg: "listening", url: `http://${hostname}:${port}` })),
 }, async (req) => {
   const path = new URL(req.url).pathname;
   if (req.method !== "GET") return new Response("method not allowed\n", { status: 405 });
-  if (path === "/config.json") return new Response(config, { headers: headers("application/json") });
+  if (path === "/config.json") {
+    return new Response(config, { headers: headers("application/json") });
+  }
   const file = FILES[path];
   if (!file) return new Response("not found\n", { status: 404 });
   const body = await Deno.readFile(new URL(file[0], import.meta.url));

@@ -22,8 +22,14 @@ const { chromium } = createRequire(join(env("PLAYWRIGHT_CORE"), "/"))("./index.j
 const PAGE = env("PAGE_URL"), SHOTS = env("SCREENSHOT_DIR");
 
 const ARGS = [
-  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
 ];
 const sent = [];
 const rand = (n) => {
@@ -73,7 +79,11 @@ after(async () => {
 const focused = () =>
   page.evaluate(() => {
     const e = document.activeElement;
-    return { id: e?.id ?? "", tag: e?.tagName ?? "", name: e?.getAttribute("aria-label") ?? e?.textContent?.trim() ?? "" };
+    return {
+      id: e?.id ?? "",
+      tag: e?.tagName ?? "",
+      name: e?.getAttribute("aria-label") ?? e?.textContent?.trim() ?? "",
+    };
   });
 
 /// Press Tab until `want(focused)` holds; fails after 60 presses.
@@ -113,7 +123,9 @@ async function addWithKeyboard(vendor, key, label) {
 const badge = (key) => page.locator(".badge", { hasText: masked(key) });
 const row = (key) => page.locator("li", { has: badge(key) });
 async function waitBadge(key, status) {
-  await page.locator(".badge", { hasText: `${masked(key)} · ${status}` }).waitFor({ timeout: 20_000 });
+  await page.locator(".badge", { hasText: `${masked(key)} · ${status}` }).waitFor({
+    timeout: 20_000,
+  });
 }
 
 test("every input has a label, every button a name", async () => {
@@ -122,7 +134,10 @@ test("every input has a label, every button a name", async () => {
   assert.equal(await page.getByLabel("API key").getAttribute("type"), "password");
   const unnamed = await page.evaluate(() =>
     [...document.querySelectorAll("input, select, textarea, button")]
-      .filter((e) => !(e.labels?.length || e.getAttribute("aria-label") || (e.tagName === "BUTTON" && e.textContent.trim())))
+      .filter((e) =>
+        !(e.labels?.length || e.getAttribute("aria-label") ||
+          (e.tagName === "BUTTON" && e.textContent.trim()))
+      )
       .map((e) => e.outerHTML)
   );
   assert.deepEqual(unnamed, []);
@@ -167,8 +182,15 @@ test("keyboard only: replace; the old key keeps serving until the new one is val
   await paste(`\n${next} \n`);
   await page.keyboard.press("Enter");
   await waitBadge(next, "Pending");
-  assert.match(await badge(first).innerText(), /· Active$/, "the old key serves while the new one is checked");
-  assert.match(await row(next).innerText(), new RegExp(`${masked(first)} keeps working until this key is valid`));
+  assert.match(
+    await badge(first).innerText(),
+    /· Active$/,
+    "the old key serves while the new one is checked",
+  );
+  assert.match(
+    await row(next).innerText(),
+    new RegExp(`${masked(first)} keeps working until this key is valid`),
+  );
   await screenshot("replacing");
   await waitBadge(next, "Active");
   await waitBadge(first, "Revoked");
@@ -190,7 +212,9 @@ test("key activity lists the workspace's events, masked, and the page holds no k
   const rows = page.locator("#activity tbody tr");
   await rows.first().waitFor();
   const text = await page.locator("#activity").innerText();
-  for (const action of ["add", "validate", "revoke", "rotate"]) assert.match(text, new RegExp(`\\b${action}\\b`));
+  for (const action of ["add", "validate", "revoke", "rotate"]) {
+    assert.match(text, new RegExp(`\\b${action}\\b`));
+  }
   assert.match(text, new RegExp(masked(first)));
   const html = await page.content();
   for (const k of sent) assert.ok(!html.includes(k.slice(0, -4)), `the page holds ${masked(k)}`);
