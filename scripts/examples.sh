@@ -8,6 +8,7 @@
 #                                    Chromium (screenshots in target/); stops all
 #   bash scripts/examples.sh serve   (scripts/demo.sh) start the function and the
 #                                    page against the demo's running cluster
+#   bash scripts/examples.sh tools   only install Deno and playwright-core
 #
 # Installs its tools once: Deno (npm package `deno`, which ships the binary)
 # and playwright-core into a cache directory; Debian's chromium comes from
@@ -28,9 +29,11 @@ DENO_VERSION=2.9.6
 PLAYWRIGHT_CORE_VERSION=1.65.1
 
 tools() {
-    if [ ! -x "$deno" ] || ! "$deno" --version | grep -q "^deno $DENO_VERSION " \
-        || [ ! -f "$cache/node_modules/playwright-core/package.json" ] \
-        || ! grep -q "\"version\": \"$PLAYWRIGHT_CORE_VERSION\"" "$cache/node_modules/playwright-core/package.json"; then
+    local have_deno="" have_pw=""
+    [ -x "$deno" ] && have_deno=$("$deno" --version | head -1)
+    [ -f "$cache/node_modules/playwright-core/package.json" ] \
+        && have_pw=$(node -p "require('$cache/node_modules/playwright-core/package.json').version")
+    if [[ "$have_deno" != "deno $DENO_VERSION "* ]] || [ "$have_pw" != "$PLAYWRIGHT_CORE_VERSION" ]; then
         mkdir -p "$cache"
         npm install --silent --no-audit --no-fund --prefix "$cache" \
             "deno@$DENO_VERSION" "playwright-core@$PLAYWRIGHT_CORE_VERSION" >&2
@@ -76,6 +79,7 @@ authenticator_sql="DO \$\$ BEGIN
 END \$\$;
 GRANT anon, authenticated, service_role TO authenticator;"
 
+[ "${1:-}" = tools ] && { tools; echo "deno: $deno; playwright-core: $cache/node_modules/playwright-core"; exit 0; }
 if [ "${1:-}" = serve ]; then
     # Called by scripts/demo.sh with its cluster's settings in the environment.
     : "${BYOK_DEMO_RUN:?}" "${BYOK_DEMO_PORT:?}" "${ANTHROPIC_BASE_URL:?}" "${OPENAI_BASE_URL:?}"
@@ -86,7 +90,7 @@ if [ "${1:-}" = serve ]; then
     echo "Settings → Keys: $PAGE_URL (its backend, the edge function: $EDGE_URL)"
     exit 0
 fi
-[ "${1:-}" = test ] || { echo "usage: bash scripts/examples.sh test|serve" >&2; exit 2; }
+[ "${1:-}" = test ] || { echo "usage: bash scripts/examples.sh test|serve|tools" >&2; exit 2; }
 
 # ---- test ----------------------------------------------------------------
 tools

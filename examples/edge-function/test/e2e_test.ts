@@ -258,9 +258,16 @@ Deno.test("activity: the workspace's audit rows, masked, to members only", async
     assert.ok(actions.has(a), `no ${a} row`);
   }
   assert.ok(r.body.activity.some((a: Json) => a.masked?.startsWith("…")));
-  const [{ n }] =
-    await su`select count(*)::int as n from byok.audit_log where workspace_id = ${WS_A}`;
+  // Every row of the workspace up to the newest one returned (the sidecar may
+  // add rows meanwhile), none of another workspace's.
+  const newest = r.body.activity[0].id;
+  const [{ n }] = await su`select count(*)::int as n from byok.audit_log
+                           where workspace_id = ${WS_A} and id <= ${newest}`;
   assert.equal(r.body.activity.length, Math.min(n, 100));
+  const ids = r.body.activity.map((a: Json) => a.id);
+  const [{ foreign }] = await su`select count(*)::int as foreign from byok.audit_log
+                                 where id = any(${ids}::bigint[]) and workspace_id <> ${WS_A}`;
+  assert.equal(foreign, 0);
   assert.equal((await call("GET", ws("/activity"), { user: USER_B })).status, 403);
 });
 
