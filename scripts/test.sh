@@ -3,8 +3,7 @@
 #   1. byok-core and sidecar unit/property tests (no database)
 #   2. the extension's #[pg_test]s (cargo pgrx test, a cluster pgrx starts)
 #   3. SQL-level scenarios, tenancy, sidecar end-to-end and the leak suite,
-#      each against real clusters the tests start as the postgres OS user;
-#   4. the examples (edge function, settings page) against such a cluster.
+#      each against real clusters the tests start as the postgres OS user.
 # Installs what it needs first (scripts/setup.sh). Run as root or a sudoer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
