@@ -34,6 +34,9 @@ step "integration tests: scenarios, tenancy, sidecar end to end, leak suite"
 cargo build -p byok-sidecar -p byok-mock-vendor
 cargo test -p byok-integration -p byok-sidecar --test '*' --no-fail-fast -- --test-threads=2
 
+step "examples: the edge function (Deno) and the Settings → Keys page (headless Chromium) on a real cluster"
+bash scripts/examples.sh test
+
 step "vendor spec conformance: the sidecar's requests against Prism serving the vendors' OpenAPI specs"
 if exports=$(bash scripts/prism.sh start); then
     trap 'bash scripts/prism.sh stop; rm -rf "$pgdata_parent"' EXIT
