@@ -16,13 +16,15 @@
 //! ```
 
 mod cluster;
+pub mod collect;
 mod keys;
 mod scan;
+pub mod sidecar;
 mod sql;
 
-pub use cluster::{Cluster, ClusterOptions, PG_BIN};
+pub use cluster::{pg_bin, Cluster, ClusterOptions, PG_BIN};
 pub use keys::{random_master_key_hex, sample_key};
-pub use scan::grep_dir;
+pub use scan::{grep_dir, search, Hit};
 pub use sql::{sqlstate, wait_until};
 
 /// Re-exported so tests use the same `postgres` crate version as the harness.
