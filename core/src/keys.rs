@@ -139,7 +139,10 @@ pub(crate) fn trim_paste(raw: &str) -> &str {
 /// `raw`.
 pub fn normalize(vendor: Vendor, raw: &str) -> Result<Zeroizing<String>, CoreError> {
     if raw.len() > MAX_INPUT_LEN {
-        return Err(CoreError::KeyTooLong { len: raw.len() });
+        return Err(CoreError::KeyTooLong {
+            len: raw.len(),
+            max: MAX_INPUT_LEN,
+        });
     }
     let key = trim_paste(raw);
     if key.is_empty() {
