@@ -17,13 +17,13 @@
 
 mod cluster;
 pub mod collect;
-mod keys;
 mod scan;
 pub mod sidecar;
 mod sql;
 
+/// The workspace's one set of sample-key builders (byok-core, feature `samples`).
+pub use byok_core::samples::{random_master_key_hex, sample_key, sample_key_marked};
 pub use cluster::{pg_bin, Cluster, ClusterOptions, PG_BIN};
-pub use keys::{random_master_key_hex, sample_key};
 pub use scan::{grep_dir, search, Hit};
 pub use sql::{sqlstate, wait_until};
 
