@@ -34,6 +34,15 @@ fn every_accepted_key_shape_round_trips() {
     }
 }
 
+/// One bad add_key call: what, workspace_id, vendor, api_key, expected SQLSTATE.
+type Case<'a> = (
+    &'a str,
+    Option<Uuid>,
+    Option<&'a str>,
+    Option<&'a str>,
+    &'a str,
+);
+
 #[test]
 fn bad_inputs_raise_the_documented_sqlstates_and_leave_nothing() {
     let c = cluster();
@@ -45,7 +54,7 @@ fn bad_inputs_raise_the_documented_sqlstates_and_leave_nothing() {
     let huge = "a".repeat(1 << 20);
     let secrets = [ant.as_str(), oai.as_str()];
 
-    let cases: Vec<(&str, Option<Uuid>, Option<&str>, Option<&str>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "NULL workspace",
             None,
@@ -115,7 +124,7 @@ fn bad_inputs_raise_the_documented_sqlstates_and_leave_nothing() {
         let e = expect_state(r, code, what);
         assert_no_key_material(
             &error_text(&e),
-            &[&secrets[0], &secrets[1], &admin_a, &admin_o],
+            &[secrets[0], secrets[1], &admin_a, &admin_o],
             what,
         );
         let db_err = e.as_db_error().unwrap();

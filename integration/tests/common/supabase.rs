@@ -275,13 +275,16 @@ pub fn has_value(row: &Value, s: &str) -> bool {
             o.values().any(|v| match v {
                 Value::String(t) => t.eq_ignore_ascii_case(s),
                 Value::Null => false,
-                other => other.to_string() == s,
+                other => {
+                    let t = other.to_string();
+                    t == s
+                }
             })
         })
         .unwrap_or(false)
 }
 
-pub fn audit_for_key<'a>(rows: &'a [Value], key_id: Uuid) -> Vec<&'a Value> {
+pub fn audit_for_key(rows: &[Value], key_id: Uuid) -> Vec<&Value> {
     rows.iter()
         .filter(|r| has_value(r, &key_id.to_string()))
         .collect()

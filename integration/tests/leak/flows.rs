@@ -134,10 +134,8 @@ pub(super) fn rotate_use_revoke(c: &Cluster, db: &mut Client, keys: &mut Keys) {
         // A SQL function whose body fails on the key: CONTEXT quotes the body.
         simple(
             db,
-            &format!(
-                "CREATE OR REPLACE FUNCTION pg_temp.check_len(k text) RETURNS int LANGUAGE plpgsql AS \
-                 $f$ BEGIN RETURN k::int; END $f$"
-            ),
+            "CREATE OR REPLACE FUNCTION pg_temp.check_len(k text) RETURNS int LANGUAGE plpgsql AS \
+             $f$ BEGIN RETURN k::int; END $f$",
         )
         .unwrap();
         simple_fails(
