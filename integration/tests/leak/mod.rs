@@ -5,11 +5,12 @@
 //! holding a key, through rotation, use and revocation, and through a full
 //! validation cycle of the real sidecar against its mock vendor
 //! ([`statements`], [`flows`]). Afterwards every place a key could land is
-//! collected into files ([`collect`]); the tests search one place each.
+//! collected into files; the tests search one place each.
 //!
-//! The scenario runs once per test binary ([`scenario`]): it is the costly
-//! part (a cluster, the sidecar, dumps, pg_waldump), and every channel is
-//! searched for the keys of the same run.
+//! The scenario runs once per test binary ([`scenario()`], in
+//! `scenario.rs`): it is the costly part (a cluster, the sidecar, dumps,
+//! pg_waldump), and every channel is searched for the keys of the same run.
+//! This file holds the keys the scenario mints and its SQL helpers.
 
 pub mod flows;
 mod scenario;
