@@ -354,14 +354,14 @@ mod tests {
         (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
     }
 
-    #[pg_test]
+    #[test]
     fn key_free_bytes_are_not_copied() {
         assert!(redact_bytes(b"").is_none());
         assert!(redact_bytes(b"duration: 0.1 ms  statement: SELECT 1").is_none());
         assert!(redact_bytes(b"sk-learn \xff\xfe ask-me").is_none());
     }
 
-    #[pg_test]
+    #[test]
     fn the_fast_path_looks_for_the_prefix_only() {
         assert!(!may_hold_key(b""));
         assert!(!may_hold_key(b"s"));
@@ -371,7 +371,7 @@ mod tests {
         assert!(may_hold_key(&[b'k'; 40]));
     }
 
-    #[pg_test]
+    #[test]
     fn bytes_around_invalid_utf8_are_kept() {
         let k = key();
         let mut input = b"\xffa ".to_vec();
@@ -451,7 +451,7 @@ mod tests {
         );
     }
 
-    #[pg_test]
+    #[test]
     fn log_level_ranking_matches_elog_c() {
         let (log, err, warn, fatal, debug1) = (
             pg_sys::LOG as i32,

@@ -36,11 +36,9 @@ mod tests {
     use crate::tests_support::*;
     use pgrx::prelude::*;
 
-    #[pg_test]
+    #[test]
     fn retry_delay_honours_retry_after() {
-        let secs = Spi::get_one::<f64>("SELECT byok._retry_delay(1, 120)")
-            .unwrap()
-            .unwrap();
+        let secs = super::retry_delay(Some(1), Some(120));
         assert!(secs >= 120.0, "Retry-After of 120 s gave {secs}");
     }
 
