@@ -39,7 +39,10 @@ fn act<T>(
     let mut client = c.client_as("authenticator");
     let mut tx = client.transaction()?;
     let claims = format!(r#"{{"sub":"{sub}","role":"{role}"}}"#);
-    tx.query_one("SELECT set_config('request.jwt.claims', $1, true)", &[&claims])?;
+    tx.query_one(
+        "SELECT set_config('request.jwt.claims', $1, true)",
+        &[&claims],
+    )?;
     tx.batch_execute(&format!("SET LOCAL ROLE {role}"))?;
     let out = f(&mut tx)?;
     tx.commit()?;
@@ -116,7 +119,10 @@ fn explain_analyze_by_a_member_of_b_shows_nothing_about_a() {
 
     // Members read their own keys the documented way: byok.list_keys.
     let own_b = act(&c, "authenticated", bob, |tx| list_keys(tx, b)).unwrap();
-    assert_eq!(own_b.iter().map(|k| k.id).collect::<Vec<_>>(), vec![b_key.id]);
+    assert_eq!(
+        own_b.iter().map(|k| k.id).collect::<Vec<_>>(),
+        vec![b_key.id]
+    );
     let mut own_a: Vec<Uuid> = act(&c, "authenticated", alice, |tx| list_keys(tx, a))
         .unwrap()
         .iter()

@@ -75,7 +75,10 @@ fn create_extension_refuses_non_utf8_databases() {
     // The UTF8 database of the same cluster has it (the harness installed it).
     let n: i64 = c
         .client()
-        .query_one("SELECT count(*) FROM pg_extension WHERE extname = 'pg_byok'", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_extension WHERE extname = 'pg_byok'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(n, 1);
@@ -128,7 +131,13 @@ fn rust_functions_given_bytes_that_are_not_utf8_raise_22021_not_a_panic() {
             db_err.message().contains("not valid UTF-8") && db_err.hint().is_some(),
             "{sql}: a clear message and a hint: {text}"
         );
-        for rust_word in ["panic", "backtrace", "datums converted", ".rs:", "rust_begin_unwind"] {
+        for rust_word in [
+            "panic",
+            "backtrace",
+            "datums converted",
+            ".rs:",
+            "rust_begin_unwind",
+        ] {
             assert!(
                 !text.to_lowercase().contains(rust_word),
                 "{sql}: the client got Rust internals ({rust_word}): {text}"

@@ -31,11 +31,19 @@ fn count(db: &mut Client, sql: &str, id: Uuid) -> i64 {
 
 /// An active key of `ws` with no job left (added and validated as the sidecar).
 fn active_key(c: &Cluster, ws: Uuid, seed: u64) -> Uuid {
-    let id = add_key(&mut c.client(), ws, "anthropic", &sample_key("anthropic", seed), None)
-        .unwrap_or_else(|e| c.fail("add_key", &e))
-        .id;
+    let id = add_key(
+        &mut c.client(),
+        ws,
+        "anthropic",
+        &sample_key("anthropic", seed),
+        None,
+    )
+    .unwrap_or_else(|e| c.fail("add_key", &e))
+    .id;
     let done = finish_all(&mut c.client_as("sidecar"), "valid");
-    assert!(done.iter().any(|(cl, st)| cl.key_id == id && st == "active"));
+    assert!(done
+        .iter()
+        .any(|(cl, st)| cl.key_id == id && st == "active"));
     id
 }
 
@@ -49,11 +57,18 @@ fn race_revalidate_against(c: &Cluster, key: Uuid, revoke_sql: String) -> Result
     a.batch_execute("BEGIN").unwrap();
     revalidate_key(&mut a, key).unwrap_or_else(|e| c.fail("revalidate_key", &e));
     assert_eq!(
-        count(&mut a, "SELECT count(*) FROM byok.jobs WHERE key_id = $1", key),
+        count(
+            &mut a,
+            "SELECT count(*) FROM byok.jobs WHERE key_id = $1",
+            key
+        ),
         1,
         "revalidate_key queued a job (inside A's open transaction)"
     );
-    let revoker = thread::spawn(move || b.execute(revoke_sql.as_str(), &[]).map_err(|e| error_text(&e)));
+    let revoker = thread::spawn(move || {
+        b.execute(revoke_sql.as_str(), &[])
+            .map_err(|e| error_text(&e))
+    });
     let mut watcher = c.client();
     wait_until(
         "session B to wait for session A's row lock",
@@ -83,14 +98,24 @@ fn assert_dead_and_queue_flows(c: &Cluster, key: Uuid, what: &str) {
         .get(0);
     assert_eq!(status, "revoked", "{what}: the key was revoked");
     assert_eq!(
-        count(&mut db, "SELECT count(*) FROM byok.jobs WHERE key_id = $1", key),
+        count(
+            &mut db,
+            "SELECT count(*) FROM byok.jobs WHERE key_id = $1",
+            key
+        ),
         0,
         "{what}: the job revalidate_key queued must not outlive its revoked key"
     );
     let other_ws = Uuid::new_v4();
-    let live = add_key(&mut db, other_ws, "openai", &sample_key("openai", 4242), None)
-        .unwrap()
-        .id;
+    let live = add_key(
+        &mut db,
+        other_ws,
+        "openai",
+        &sample_key("openai", 4242),
+        None,
+    )
+    .unwrap()
+    .id;
     let claims = claim_jobs(&mut c.client_as("sidecar"), "w-1", 16, 60)
         .unwrap_or_else(|e| panic!("{what}: claim_jobs after the race: {}", error_text(&e)));
     assert_eq!(
@@ -127,7 +152,10 @@ fn workspace_delete_and_pause_waiting_on_revalidate_cancel_the_new_job() {
         .unwrap_or_else(|e| c.fail("attach_workspaces", &e));
     for (seed, sql) in [
         (2, "DELETE FROM public.spaces WHERE id = '{ws}'"),
-        (3, "UPDATE public.spaces SET state = 'paused' WHERE id = '{ws}'"),
+        (
+            3,
+            "UPDATE public.spaces SET state = 'paused' WHERE id = '{ws}'",
+        ),
     ] {
         let ws = Uuid::new_v4();
         c.client()
@@ -149,9 +177,15 @@ fn claim_jobs_retires_a_dead_keys_job_and_serves_the_live_ones() {
     let ws = Uuid::new_v4();
     let live: Vec<Uuid> = (10..13)
         .map(|seed| {
-            add_key(&mut db, Uuid::new_v4(), "anthropic", &sample_key("anthropic", seed), None)
-                .unwrap()
-                .id
+            add_key(
+                &mut db,
+                Uuid::new_v4(),
+                "anthropic",
+                &sample_key("anthropic", seed),
+                None,
+            )
+            .unwrap()
+            .id
         })
         .collect();
     let dead = add_key(&mut db, ws, "openai", &sample_key("openai", 20), None)
@@ -169,16 +203,28 @@ fn claim_jobs_retires_a_dead_keys_job_and_serves_the_live_ones() {
 
     let mut w = c.client_as("sidecar");
     let mut claimed: Vec<Uuid> = claim_jobs(&mut w, "w-1", 16, 60)
-        .unwrap_or_else(|e| panic!("claim_jobs with a dead key's job queued: {}", error_text(&e)))
+        .unwrap_or_else(|e| {
+            panic!(
+                "claim_jobs with a dead key's job queued: {}",
+                error_text(&e)
+            )
+        })
         .iter()
         .map(|cl| cl.key_id)
         .collect();
     claimed.sort();
     let mut expected = live.clone();
     expected.sort();
-    assert_eq!(claimed, expected, "every live key is claimed, the dead one is not");
     assert_eq!(
-        count(&mut db, "SELECT count(*) FROM byok.jobs WHERE key_id = $1", dead),
+        claimed, expected,
+        "every live key is claimed, the dead one is not"
+    );
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT count(*) FROM byok.jobs WHERE key_id = $1",
+            dead
+        ),
         0,
         "the dead key's job was retired"
     );
@@ -186,7 +232,10 @@ fn claim_jobs_retires_a_dead_keys_job_and_serves_the_live_ones() {
         .query_one("SELECT status FROM byok.keys WHERE id = $1", &[&dead])
         .unwrap()
         .get(0);
-    assert_eq!(status, "revoked", "retiring the job leaves the key as it was");
+    assert_eq!(
+        status, "revoked",
+        "retiring the job leaves the key as it was"
+    );
     assert!(
         claim_jobs(&mut w, "w-1", 16, 60).unwrap().is_empty(),
         "nothing else is ready, and claiming again does not fail"
