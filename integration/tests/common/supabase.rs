@@ -255,10 +255,6 @@ impl World {
     }
 }
 
-pub fn rows_of(r: Result<Vec<postgres::Row>, postgres::Error>, what: &str) -> Vec<postgres::Row> {
-    r.unwrap_or_else(|e| panic!("{what}: {}", error_text(&e)))
-}
-
 /// Every audit row as JSON (read as superuser).
 pub fn audit_rows(db: &mut Client) -> Vec<Value> {
     db.query("SELECT row_to_json(a) FROM byok.audit_log a", &[])
