@@ -21,6 +21,10 @@ pub enum ExtError {
     /// Neither `byok.master_key_file` nor `BYOK_MASTER_KEY` was provided.
     #[error("no master key is configured")]
     NoMasterKey,
+    /// An attached app table (by OID) is no longer what pg_byok checked when
+    /// it was attached: not a plain table, or a column retyped or dropped.
+    #[error("workspace table {table} no longer matches what byok.attach_workspaces checked")]
+    AppTableChanged { table: String },
 }
 
 impl ExtError {
@@ -34,7 +38,9 @@ impl ExtError {
                     PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
                 }
             },
-            ExtError::KeyringFile { .. } | ExtError::NoMasterKey => {
+            ExtError::KeyringFile { .. }
+            | ExtError::NoMasterKey
+            | ExtError::AppTableChanged { .. } => {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
         }
@@ -51,6 +57,11 @@ impl ExtError {
             ExtError::NoMasterKey => Some(
                 "Set byok.master_key_file in postgresql.conf (or BYOK_MASTER_KEY in the server's \
                  environment) and restart the server."
+                    .into(),
+            ),
+            ExtError::AppTableChanged { .. } => Some(
+                "Run byok.attach_workspaces again for this table (a plain table without \
+                 inheritance; id: uuid or text; status: text or enum)."
                     .into(),
             ),
         }

@@ -3,6 +3,7 @@
 //! The extension and the sidecar both link this crate, so a key shape, a mask
 //! rule or a redaction pattern exists exactly once.
 
+pub mod app_sql;
 pub mod backoff;
 pub mod classify;
 pub mod envelope;
