@@ -151,15 +151,12 @@ fn workspace_row_state(
 ) -> Option<String> {
     let t = lock(workspace_table)?;
     let id = checked_id(workspace_table, &t, id_column).unwrap_or_else(|| changed(&t));
-    let status = match status_column {
-        None => None,
-        Some(col) => Some((
-            col,
-            column_type(workspace_table, col)
-                .and_then(status_kind)
-                .unwrap_or_else(|| changed(&t)),
-        )),
-    };
+    let status = status_column.map(|col| {
+        let kind = column_type(workspace_table, col)
+            .and_then(status_kind)
+            .unwrap_or_else(|| changed(&t));
+        (col, kind)
+    });
     let query = app_sql::workspace_state(&t.qualified, id_column, id, status);
     run_as_owner(t.owner, &query, vec![workspace_id.into()], |rows| {
         if rows.is_empty() {
@@ -183,4 +180,81 @@ fn workspace_ids(workspace_table: pg_sys::Oid, id_column: &str) -> Vec<Option<St
         rows.map(|row| row.get::<String>(1).ok().flatten())
             .collect()
     })
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// A table owned by a non-superuser, with a statistics expression (run
+    /// at every planning) calling IMMUTABLE `app.probe()`, which runs the
+    /// VOLATILE `app.payload()` with the given body.
+    fn owned_table(payload_body: &str) {
+        Spi::run(&format!(
+            "CREATE ROLE byok_test_owner NOLOGIN;
+             CREATE SCHEMA app AUTHORIZATION byok_test_owner;
+             SET LOCAL ROLE byok_test_owner;
+             CREATE TABLE app.m (w uuid, u uuid);
+             CREATE FUNCTION app.payload() RETURNS integer LANGUAGE plpgsql VOLATILE AS
+               $f$ BEGIN {payload_body} RETURN 1; END $f$;
+             CREATE FUNCTION app.probe() RETURNS integer LANGUAGE plpgsql IMMUTABLE AS
+               $f$ BEGIN RETURN app.payload(); END $f$;
+             CREATE STATISTICS app.s ON (w::text || app.probe()::text), u FROM app.m;
+             RESET ROLE;"
+        ))
+        .unwrap();
+    }
+
+    /// The error message `byok._is_member` on app.m raised ('' for none).
+    fn is_member_error() -> String {
+        Spi::get_one::<String>(
+            "CREATE FUNCTION pg_temp.try() RETURNS text LANGUAGE plpgsql AS $f$
+             DECLARE msg text;
+             BEGIN
+                 PERFORM byok._is_member('app.m'::regclass, 'w', 'u', gen_random_uuid(), gen_random_uuid());
+                 RETURN '';
+             EXCEPTION WHEN OTHERS THEN
+                 GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+                 RETURN msg;
+             END $f$;
+             SELECT pg_temp.try()",
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    #[pg_test]
+    fn the_owners_code_runs_as_the_owner_and_the_user_comes_back_after_its_error() {
+        owned_table("RAISE EXCEPTION 'ran as %', current_user;");
+        assert_eq!(is_member_error(), "ran as byok_test_owner");
+        let back = Spi::get_one::<bool>("SELECT current_user = session_user").unwrap();
+        assert_eq!(back, Some(true), "the user id was not restored");
+    }
+
+    #[pg_test]
+    fn settings_the_owners_code_changes_are_undone() {
+        owned_table(
+            "PERFORM set_config('request.jwt.claims', '{\"sub\":\"forged\"}', true);
+             PERFORM set_config('search_path', 'app', true);",
+        );
+        Spi::run("SELECT set_config('request.jwt.claims', '{\"sub\":\"real\"}', true)").unwrap();
+        assert_eq!(
+            is_member_error(),
+            "",
+            "nobody is a member of an empty table"
+        );
+        let claims =
+            Spi::get_one::<String>("SELECT current_setting('request.jwt.claims')").unwrap();
+        assert_eq!(claims.as_deref(), Some("{\"sub\":\"real\"}"));
+        let path = Spi::get_one::<String>("SELECT current_setting('search_path')").unwrap();
+        assert_ne!(path.as_deref(), Some("app"));
+    }
+
+    #[pg_test]
+    fn the_owners_code_cannot_set_role() {
+        owned_table("SET ROLE NONE;");
+        let msg = is_member_error();
+        assert!(msg.contains("role"), "SET ROLE was not refused: {msg:?}");
+    }
 }
