@@ -391,7 +391,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION byok.attachment_problems() IS
-    'Attached tables that no longer revoke keys or authorize as configured (dropped, changed, triggers missing or disabled);
+    'Attached tables that no longer revoke keys or authorize as configured (dropped, changed, triggers missing or disabled); empty when healthy';
 
 DROP FUNCTION byok._membership_sql(byok.member_source);
 DROP FUNCTION byok._match_uuid(name, text, text);
