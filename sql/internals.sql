@@ -165,9 +165,11 @@ END
 $$;
 
 -- A text id column's value as a uuid, or NULL when it holds something else
--- (an app's unrelated ids must never make its own DELETE fail).
+-- (an app's unrelated ids must never make its own DELETE fail: every string
+-- the pattern accepts -- braces only in pairs, blanks only around -- is
+-- valid uuid input once trimmed). The same rule as byok_core::app_sql.
 CREATE FUNCTION byok._as_uuid(value text) RETURNS uuid
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN value ~* '^\s*\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?\s*$'
-                THEN btrim(value)::uuid END
+    SELECT CASE WHEN value ~* '^\s*(\{[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}|[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12})\s*$'
+                THEN btrim(value, E' \t\n\r\f\x0B')::uuid END
 $$;

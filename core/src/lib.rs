@@ -14,6 +14,7 @@
 //! `samples` (feature `samples`): sample keys for the tests of every crate.
 #![forbid(unsafe_code)]
 
+pub mod app_sql;
 pub mod backoff;
 pub mod envelope;
 pub mod error;
