@@ -9,6 +9,12 @@
 //! run: the tables, and internals for the function groups built on them.
 
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+// UTF8 databases only: refuses the install anywhere else (see src/text.rs).
+pgrx::extension_sql_file!(
+    "../sql/encoding.sql",
+    name = "encoding",
+    requires = ["bootstrap"]
+);
 pgrx::extension_sql_file!(
     "../sql/internals.sql",
     name = "internals",

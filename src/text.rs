@@ -14,12 +14,6 @@ use pgrx::callconv::{Arg, ArgAbi};
 use pgrx::nullable::Nullable;
 use pgrx::prelude::*;
 
-pgrx::extension_sql_file!(
-    "../sql/encoding.sql",
-    name = "encoding",
-    requires = ["bootstrap"]
-);
-
 /// A `text` argument as the bytes Postgres holds; see the module docs.
 pub(crate) struct TextArg<'a>(&'a [u8]);
 
@@ -92,14 +86,14 @@ mod tests {
     #[test]
     fn mask_shows_only_the_last_four() {
         let key = openai_key('q');
-        assert_eq!(super::mask(&key), "…qqqq");
+        assert_eq!(super::mask(super::TextArg(key.as_bytes())), "…qqqq");
     }
 
     #[test]
     fn redact_masks_keys_inside_text() {
         let key = anthropic_key('z');
         let text = format!("call failed for {key}, retrying");
-        let out = super::redact(&text);
+        let out = super::redact(super::TextArg(text.as_bytes()));
         assert!(
             !out.contains(&key[..20]),
             "redacted text still holds the key"
