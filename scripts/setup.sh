@@ -21,6 +21,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The test command runs cargo fmt --check and cargo clippy.
+for component in rustfmt clippy; do
+    cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$component"
+done
+
 # The Debian package starts a cluster on 5432; pg_byok's scripts never use it.
 if ! cargo pgrx --version 2>/dev/null | grep -q " ${PGRX_VERSION}\$"; then
     echo "setup: installing cargo-pgrx ${PGRX_VERSION} (a few minutes)"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Every test pg_byok has, in the order a failure is cheapest to find:
+#   0. formatting and lints (cargo fmt --check, cargo clippy -D warnings)
 #   1. byok-core and sidecar unit/property tests (no database)
 #   2. the extension's #[pg_test]s (cargo pgrx test, a cluster pgrx starts)
 #   3. SQL-level scenarios, tenancy, sidecar end-to-end and the leak suite,
@@ -10,6 +11,10 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
 step() { printf '\n==> %s\n' "$*"; }
+
+step "formatting and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "unit and property tests (byok-core, byok-sidecar, byok-mock-vendor)"
 cargo test -p byok-core --no-fail-fast
