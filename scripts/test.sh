@@ -15,6 +15,7 @@ step() { printf '\n==> %s\n' "$*"; }
 step "formatting and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p pg_byok --features pg_test --all-targets --locked -- -D warnings   # the #[pg_test] build
 
 step "unit and property tests (byok-core, byok-sidecar, byok-mock-vendor)"
 cargo test -p byok-core --no-fail-fast
