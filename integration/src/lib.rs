@@ -15,13 +15,18 @@
 //! db.query_one("SELECT (byok.add_key(gen_random_uuid(), 'anthropic', $1)).masked", &[&key]).unwrap();
 //! ```
 
+mod catalog;
 mod cluster;
 mod keys;
+mod pgroot;
+pub mod release;
 mod scan;
 mod sql;
 
+pub use catalog::Catalog;
 pub use cluster::{Cluster, ClusterOptions, PG_BIN};
 pub use keys::{random_master_key_hex, sample_key};
+pub use pgroot::PgRoot;
 pub use scan::grep_dir;
 pub use sql::{sqlstate, wait_until};
 
