@@ -30,7 +30,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ),
     (
         "initial privileges",
-        "SELECT pg_describe_object(i.classoid, i.objoid, i.objsubid) || ' ' || i.privtype || ' '
+        "SELECT pg_describe_object(i.classoid, i.objoid, i.objsubid) || ' ' || i.privtype::text || ' '
                 || i.initprivs::text
            FROM pg_init_privs i
            JOIN pg_depend d ON d.classid = i.classoid AND d.objid = i.objoid AND d.deptype = 'e'

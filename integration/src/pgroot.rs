@@ -157,6 +157,22 @@ impl PgRoot {
         &self.bin
     }
 
+    /// Copy `files` into the root's `stash/<name>/` now, so a later
+    /// [`PgRoot::install_pg_byok`] installs them as they were (the system's
+    /// install may be replaced meanwhile); returns the copies.
+    pub fn stash(&self, name: &str, files: &[PathBuf]) -> Vec<PathBuf> {
+        let dir = self._tmp.path().join("stash").join(name);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        files
+            .iter()
+            .map(|f| {
+                let dest = dir.join(f.file_name().unwrap());
+                copy(f, &dest);
+                dest
+            })
+            .collect()
+    }
+
     /// Replace the root's pg_byok with the build in `files`: `pg_byok.so`,
     /// `pg_byok.control` and every `pg_byok--*.sql` among them. Run only
     /// while no cluster of this root is running.
