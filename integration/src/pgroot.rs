@@ -9,7 +9,7 @@
 //! `<root>/usr/share/postgresql/15` and `<root>/usr/lib/postgresql/15/lib`.
 //! The binaries are copied (Postgres resolves symlinks to find itself);
 //! everything else is symlinked to the system's, except pg_byok's own files.
-//! [`PgRoot::new`] checks with the root's `pg_config` that the relocation
+//! [`PgRoot::from_system`] checks with the root's `pg_config` that the relocation
 //! holds.
 
 use std::fs;
@@ -108,7 +108,7 @@ fn copy(from: &Path, to: &Path) {
 impl PgRoot {
     /// Build a root from the system install whose binaries are in
     /// [`pg_bin`]`("")`, with no pg_byok files in it yet.
-    pub fn new() -> PgRoot {
+    pub fn from_system() -> PgRoot {
         let sys = layout(&pg_bin("pg_config"));
         let base = std::env::var_os("BYOK_CLUSTER_TMPDIR").unwrap_or_else(|| "/tmp".into());
         let tmp = tempfile::Builder::new()

@@ -300,7 +300,7 @@ fn upgrade_from_0_1_0_keeps_every_key_and_matches_a_fresh_install() {
         new_files.iter().any(|f| f.ends_with(&path)),
         "no upgrade script {path} among {new_files:?}"
     );
-    let root = PgRoot::new();
+    let root = PgRoot::from_system();
     let new_files = root.stash("new", &new_files);
     let old_files = release_files(&release_dir(OLD), OLD);
     root.install_pg_byok(&old_files);
