@@ -12,17 +12,19 @@
 # `version = "VERSION"`. A second run with the same commit reuses the cache
 # (${BYOK_RELEASE_CACHE:-/var/cache/pg_byok/releases}/VERSION-COMMIT/).
 #
-# The build uses the shared CARGO_TARGET_DIR (default /var/cache/pg_byok/target,
-# debug profile, as the test command's own build), so dependencies are reused.
-# On a machine where others build pg_byok at the same time, hold
-# /tmp/byok-pg.lock: cargo-pgrx reads the library cargo leaves in
-# $CARGO_TARGET_DIR/debug after the build, which another build may replace.
+# The build has its own target dir (${BYOK_RELEASE_TARGET_DIR:-/var/cache/
+# pg_byok/release-target}), not the shared CARGO_TARGET_DIR: cargo names a
+# cdylib deps/libpg_byok.so whatever its version, so building 0.1.0 there
+# would leave 0.1.0's library where a later, "fresh" build of the current
+# version picks it up (cargo install/pgrx install would then ship it). The
+# first build compiles the dependencies once (a few minutes); after that the
+# release comes from the cache without building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=${1:-0.1.0}
 pg_config=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 cache_root=${BYOK_RELEASE_CACHE:-/var/cache/pg_byok/releases}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/pg_byok/target}
+export CARGO_TARGET_DIR=${BYOK_RELEASE_TARGET_DIR:-/var/cache/pg_byok/release-target}
 
 die() {
     echo "build-release: $*" >&2
@@ -82,9 +84,7 @@ done
 grep -q "^default_version = '$version'" "$control" ||
     die "$control does not say default_version = '$version': $(grep default_version "$control")"
 
-# Every C symbol the release's SQL names must be exported by its library; a
-# mismatch means the library is not this release's (another build replaced
-# the shared target dir's copy meanwhile).
+# Every C symbol the release's SQL names must be exported by its library.
 stage="$cache_root/.$version-$commit.$$"
 rm -rf "$stage"
 mkdir -p "$stage"

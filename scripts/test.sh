@@ -27,8 +27,8 @@ fi
 cargo pgrx test pg15 "${runas[@]}" --pgdata="$pgdata_parent/data"
 
 step "release 0.1.0 built from git history, for the upgrade test (cached after the first run)"
-# Before the install below: both builds use the target dir's debug/ copy of
-# the library, and the install must leave the new one there.
+# Its own target dir and cache under /var/cache/pg_byok; the upgrade test
+# (integration step) installs it into a private Postgres root.
 BYOK_RELEASE_0_1_0_DIR=$(bash scripts/build-release.sh 0.1.0)
 export BYOK_RELEASE_0_1_0_DIR
 

@@ -354,8 +354,10 @@ fn upgrade_from_0_1_0_keeps_every_key_and_matches_a_fresh_install() {
         c_functions >= 5,
         "only {c_functions} C functions in the 0.1.0 schema?"
     );
+    // A backend session open across the UPDATE (its plans are replaced).
+    let mut backend = c.client_as("backend");
     for (ws, vendor, key) in &fx.active {
-        let got = use_key(&mut c.client_as("backend"), *ws, vendor)
+        let got = use_key(&mut backend, *ws, vendor)
             .unwrap_or_else(|e| c.fail("use_key before the UPDATE", &e));
         assert_eq!(&got, key, "use_key({ws}, {vendor}) before the UPDATE");
     }
@@ -365,9 +367,12 @@ fn upgrade_from_0_1_0_keeps_every_key_and_matches_a_fresh_install() {
         &rows(&mut db, KEY_ROWS),
     );
 
-    // --- the UPDATE ---
-    db.batch_execute("ALTER EXTENSION pg_byok UPDATE")
+    // --- the UPDATE, in a transaction as a migration tool runs it ---
+    let mut tx = db.transaction().unwrap();
+    tx.batch_execute("ALTER EXTENSION pg_byok UPDATE")
         .unwrap_or_else(|e| c.fail("ALTER EXTENSION pg_byok UPDATE", &e));
+    tx.commit()
+        .unwrap_or_else(|e| c.fail("COMMIT the UPDATE", &e));
     assert_eq!(
         one::<String>(
             &mut db,
@@ -387,9 +392,15 @@ fn upgrade_from_0_1_0_keeps_every_key_and_matches_a_fresh_install() {
 
     // Every live key still opens to its plaintext: active ones via use_key...
     for (ws, vendor, key) in &fx.active {
+        let got = use_key(&mut backend, *ws, vendor)
+            .unwrap_or_else(|e| c.fail("use_key after the UPDATE (session from before)", &e));
+        assert_eq!(&got, key, "use_key({ws}, {vendor}) after the UPDATE");
         let got = use_key(&mut c.client_as("backend"), *ws, vendor)
             .unwrap_or_else(|e| c.fail("use_key after the UPDATE", &e));
-        assert_eq!(&got, key, "use_key({ws}, {vendor}) after the UPDATE");
+        assert_eq!(
+            &got, key,
+            "use_key({ws}, {vendor}) after the UPDATE, new session"
+        );
     }
     // ...the leased job finishes under its 0.1.0 lease token...
     let (leased, leased_key, job, token) = &fx.leased;
