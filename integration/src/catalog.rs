@@ -173,7 +173,9 @@ impl Catalog {
     }
 
     /// A readable difference (`- only in self`, `+ only in other`), per
-    /// section; empty when equal.
+    /// section; empty when equal. Rows of the same object (same first
+    /// field: a function's signature, a table's name, …) are shown as one
+    /// `~` entry with just the lines that differ.
     pub fn diff(&self, other: &Catalog, self_name: &str, other_name: &str) -> String {
         let mut text = String::new();
         for (name, _) in SECTIONS {
@@ -186,15 +188,70 @@ impl Catalog {
             text.push_str(&format!(
                 "== {name} (- only in {self_name}, + only in {other_name})\n"
             ));
-            for line in a.difference(b) {
-                text.push_str(&format!("- {line}\n"));
+            let only_a: Vec<&String> = a.difference(b).collect();
+            let only_b: Vec<&String> = b.difference(a).collect();
+            let mut paired_b = BTreeSet::new();
+            for row_a in &only_a {
+                let twin = first_field(row_a).and_then(|key| {
+                    only_b
+                        .iter()
+                        .position(|row_b| first_field(row_b) == Some(key))
+                        .filter(|i| !paired_b.contains(i))
+                });
+                match twin {
+                    Some(i) => {
+                        paired_b.insert(i);
+                        text.push_str(&line_diff(row_a, only_b[i]));
+                    }
+                    None => text.push_str(&format!("- {row_a}\n")),
+                }
             }
-            for line in b.difference(a) {
-                text.push_str(&format!("+ {line}\n"));
+            for (i, row_b) in only_b.iter().enumerate() {
+                if !paired_b.contains(&i) {
+                    text.push_str(&format!("+ {row_b}\n"));
+                }
             }
         }
         text
     }
+}
+
+/// The first field of a composite value's text (`(a,b)` or `("a,b",c)`),
+/// or None for other text.
+fn first_field(row: &str) -> Option<&str> {
+    let rest = row.strip_prefix('(')?;
+    if let Some(quoted) = rest.strip_prefix('"') {
+        // Inside quotes "" is an escaped quote: find the lone closing one.
+        let bytes = quoted.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'"' {
+                if bytes.get(i + 1) == Some(&b'"') {
+                    i += 2;
+                    continue;
+                }
+                return Some(&quoted[..i]);
+            }
+            i += 1;
+        }
+        None
+    } else {
+        rest.find([',', ')']).map(|end| &rest[..end])
+    }
+}
+
+/// One object's two rows: its key, then the lines only one of them has.
+fn line_diff(a: &str, b: &str) -> String {
+    let la: BTreeSet<&str> = a.lines().collect();
+    let lb: BTreeSet<&str> = b.lines().collect();
+    let mut out = format!("~ {}\n", first_field(a).unwrap_or(a));
+    for l in a.lines().filter(|l| !lb.contains(l)) {
+        out.push_str(&format!("  - {l}\n"));
+    }
+    for l in b.lines().filter(|l| !la.contains(l)) {
+        out.push_str(&format!("  + {l}\n"));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -218,5 +275,22 @@ mod tests {
         assert!(d.contains("- g()") && d.contains("+ h()"), "{d}");
         assert!(!d.contains("indexes"), "{d}");
         assert_eq!(a.diff(&a, "x", "y"), "");
+    }
+
+    #[test]
+    fn diff_pairs_rows_of_one_object_and_shows_changed_lines() {
+        let a = cat(&[("functions", &["(\"f(a, b)\",x\nbody 1\nsame)"])]);
+        let b = cat(&[("functions", &["(\"f(a, b)\",x\nbody 2\nsame)"])]);
+        let d = a.diff(&b, "upgraded", "fresh");
+        assert!(d.contains("~ f(a, b)\n  - body 1\n  + body 2\n"), "{d}");
+        assert!(!d.contains("same"), "{d}");
+    }
+
+    #[test]
+    fn first_field_of_composite_text() {
+        assert_eq!(first_field("(byok.keys,r,postgres)"), Some("byok.keys"));
+        assert_eq!(first_field("(\"a,\"\"b\",c)"), Some("a,\"\"b"));
+        assert_eq!(first_field("(only)"), Some("only"));
+        assert_eq!(first_field("CREATE INDEX i"), None);
     }
 }

@@ -6,6 +6,13 @@
 //! `scripts/build-release.sh` (cached). Both builds go into a private
 //! Postgres install root ([`PgRoot`]), so the system's install, which other
 //! tests use at the same time, is never touched.
+//!
+//! The new build is the one installed in the system's Postgres, so run it
+//! after installing this checkout's:
+//! `flock /tmp/byok-pg.lock bash -c 'BYOK_PROFILE=debug bash scripts/install-extension.sh
+//! && cargo test -p byok-integration --test upgrade'`.
+//! A difference from a fresh install is printed per catalog section: fix
+//! `sql/pg_byok--0.1.0--<version>.sql` (or the install scripts) until none is left.
 
 mod common;
 
