@@ -3,8 +3,9 @@
 #   0. formatting and lints (cargo fmt --check, cargo clippy -D warnings)
 #   1. byok-core and sidecar unit/property tests (no database)
 #   2. the extension's #[pg_test]s (cargo pgrx test, a cluster pgrx starts)
-#   3. SQL-level scenarios, tenancy, sidecar end-to-end and the leak suite,
-#      each against real clusters the tests start as the postgres OS user.
+#   3. SQL-level scenarios, tenancy, sidecar end-to-end, the leak suite and
+#      the 0.1.0 upgrade, each against real clusters the tests start as the
+#      postgres OS user.
 # Installs what it needs first (scripts/setup.sh). Run as root or a sudoer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,11 +32,17 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 cargo pgrx test pg15 "${runas[@]}" --pgdata="$pgdata_parent/data"
 
+step "release 0.1.0 built from git history, for the upgrade test (cached after the first run)"
+# Its own target dir and cache under /var/cache/pg_byok; the upgrade test
+# (integration step) installs it into a private Postgres root.
+BYOK_RELEASE_0_1_0_DIR=$(bash scripts/build-release.sh 0.1.0)
+export BYOK_RELEASE_0_1_0_DIR
+
 step "install the extension for the integration tests"
 # cargo pgrx test installed its test build; put the real one back.
 BYOK_PROFILE=${BYOK_PROFILE:-debug} bash scripts/install-extension.sh
 
-step "integration tests: scenarios, tenancy, sidecar end to end, leak suite"
+step "integration tests: scenarios, tenancy, sidecar end to end, leak suite, upgrade from 0.1.0"
 # The leak suite runs both binaries as child processes.
 cargo build -p byok-sidecar -p byok-mock-vendor
 cargo test -p byok-integration -p byok-sidecar --test '*' --no-fail-fast -- --test-threads=2

@@ -16,8 +16,11 @@
 //! ```
 
 pub mod api_doc;
+mod catalog;
 mod cluster;
 pub mod collect;
+mod pgroot;
+pub mod release;
 pub mod repo_docs;
 mod scan;
 pub mod sidecar;
@@ -25,7 +28,9 @@ mod sql;
 
 /// The workspace's one set of sample-key builders (byok-core, feature `samples`).
 pub use byok_core::samples::{random_master_key_hex, sample_key, sample_key_marked};
+pub use catalog::Catalog;
 pub use cluster::{pg_bin, Cluster, ClusterOptions, PG_BIN};
+pub use pgroot::PgRoot;
 pub use scan::{grep_dir, search, Hit};
 pub use sql::{sqlstate, wait_until};
 
