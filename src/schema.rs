@@ -11,6 +11,7 @@ pgrx::extension_sql_file!(
     name = "internals",
     requires = ["bootstrap"]
 );
+pgrx::extension_sql_file!("../sql/admin.sql", name = "admin", requires = ["internals"]);
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
