@@ -53,6 +53,9 @@ pub struct ClusterOptions {
     pub master_key_env: Option<String>,
     /// `CREATE EXTENSION pg_byok` in database `byok` (default true).
     pub create_extension: bool,
+    /// The bootstrap superuser's name (initdb -U), used by `client()` and
+    /// `psql()`. Default `postgres`; `supabase_admin` for a Supabase layout.
+    pub superuser: String,
 }
 
 impl Default for ClusterOptions {
@@ -63,6 +66,7 @@ impl Default for ClusterOptions {
             keyring: None,
             master_key_env: None,
             create_extension: true,
+            superuser: "postgres".to_string(),
         }
     }
 }
@@ -78,6 +82,7 @@ pub struct Cluster {
     master_key_env: Option<String>,
     port: u16,
     running: bool,
+    superuser: String,
 }
 
 fn is_root() -> bool {
@@ -241,6 +246,7 @@ impl Cluster {
             master_key_env: opts.master_key_env.clone(),
             port: free_port(),
             running: false,
+            superuser: opts.superuser.clone(),
             dir,
         };
         // From here on a panic drops `c`, which stops the server and removes the dir.
@@ -284,7 +290,7 @@ impl Cluster {
         let mut cmd = Command::new(pg_bin("initdb"));
         cmd.arg("-D")
             .arg(&self.data)
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"])
+            .args(["-A", "trust", "-U", &self.superuser, "-E", "UTF8", "--locale=C"])
             .args(["--no-instructions", "--no-sync"])
             .current_dir(&self.dir);
         self.run_checked("initdb", &mut cmd);
@@ -371,7 +377,7 @@ impl Cluster {
     }
 
     fn bootstrap(&self, create_extension: bool) {
-        let mut admin = self.connect("postgres", "postgres");
+        let mut admin = self.connect(&self.superuser, "postgres");
         admin
             .batch_execute("CREATE DATABASE byok")
             .unwrap_or_else(|e| self.fail("CREATE DATABASE byok", &e));
@@ -422,9 +428,10 @@ impl Cluster {
             .unwrap_or_else(|e| self.fail(&format!("connect as {user} to database {db}"), &e))
     }
 
-    /// A new session as superuser `postgres` in database `byok`.
+    /// A new session as the superuser (`postgres` unless
+    /// [`ClusterOptions::superuser`] says otherwise) in database `byok`.
     pub fn client(&self) -> postgres::Client {
-        self.connect("postgres", "byok")
+        self.connect(&self.superuser, "byok")
     }
 
     /// A new session as `role` (a LOGIN role the test created; trust auth).
@@ -543,7 +550,7 @@ impl Cluster {
             .arg(&self.dir)
             .arg("-p")
             .arg(self.port.to_string())
-            .args(["-U", "postgres", "-d", "byok"])
+            .args(["-U", &self.superuser, "-d", "byok"])
             .args(extra)
             .args(["-f", "-"])
             .current_dir(&self.dir);
