@@ -25,7 +25,7 @@ pub use cluster::{Cluster, ClusterOptions, PG_BIN};
 pub use keys::{random_master_key_hex, sample_key};
 pub use scan::grep_dir;
 pub use sql::{sqlstate, wait_until};
-pub use supabase::{SupabaseCluster, SupabaseOptions};
+pub use supabase::{supabase_project, SupabaseCluster, SupabaseOptions, SupabaseProject};
 
 /// Re-exported so tests use the same `postgres` crate version as the harness.
 pub use postgres;

@@ -18,6 +18,9 @@
 
 use std::process::{Command, Output, Stdio};
 
+use postgres::types::ToSql;
+use uuid::Uuid;
+
 use crate::cluster::{pg_bin, Cluster, ClusterOptions};
 
 /// The superuser of a Supabase database.
@@ -191,5 +194,70 @@ impl SupabaseCluster {
             );
         }
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// The project's migration, exactly as committed in `supabase/migrations/`.
+pub const MIGRATION: &str = include_str!("../../supabase/migrations/20261129000000_pg_byok.sql");
+
+/// An earlier migration of the app: its own workspace and membership tables
+/// (the names the pg_byok migration attaches).
+pub const APP_SCHEMA: &str = "
+CREATE TABLE public.workspaces (id uuid PRIMARY KEY, name text NOT NULL, status text NOT NULL DEFAULT 'active');
+CREATE TABLE public.workspace_members (
+    workspace_id uuid NOT NULL REFERENCES public.workspaces (id) ON DELETE CASCADE,
+    user_id uuid NOT NULL,
+    PRIMARY KEY (workspace_id, user_id));
+";
+
+/// A Supabase-shaped cluster after the app's migrations and pg_byok's, with
+/// two workspaces of one member each (JWT subjects `user_a`, `user_b`).
+pub struct SupabaseProject {
+    pub sb: SupabaseCluster,
+    pub ws_a: Uuid,
+    pub ws_b: Uuid,
+    pub user_a: String,
+    pub user_b: String,
+}
+
+/// Start a [`SupabaseCluster`] (with `byok.inactive_statuses = 'paused'`
+/// unless `opts.extra_conf` sets it), apply [`APP_SCHEMA`] as `postgres`,
+/// create pg_byok the way supautils does, apply [`MIGRATION`] as
+/// `postgres`, and add the two workspaces and their members as `postgres`.
+/// Also checks that `postgres` alone cannot create pg_byok (42501).
+pub fn supabase_project(mut opts: SupabaseOptions) -> SupabaseProject {
+    if !opts.extra_conf.iter().any(|l| l.contains("byok.inactive_statuses")) {
+        opts.extra_conf.push("byok.inactive_statuses = 'paused'".to_string());
+    }
+    let sb = SupabaseCluster::start(opts);
+    sb.psql_as("postgres", APP_SCHEMA);
+    let e = sb
+        .postgres()
+        .batch_execute("CREATE EXTENSION pg_byok")
+        .expect_err("postgres is no superuser and must not be able to create pg_byok itself");
+    assert_eq!(crate::sqlstate(&e), "42501", "{e}");
+    sb.privileged_create_extension()
+        .unwrap_or_else(|e| sb.cluster.fail("CREATE EXTENSION on postgres's behalf", &e));
+    sb.psql_as("postgres", MIGRATION);
+
+    let (ws_a, ws_b) = (Uuid::new_v4(), Uuid::new_v4());
+    let (user_a, user_b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut pg = sb.postgres();
+    for (ws, user, name) in [(ws_a, user_a, "A"), (ws_b, user_b, "B")] {
+        pg.execute(
+            "INSERT INTO public.workspaces (id, name) VALUES ($1, $2::text)",
+            &[&ws, &name as &(dyn ToSql + Sync)],
+        )
+        .unwrap_or_else(|e| sb.cluster.fail("insert a workspace as postgres", &e));
+        pg.execute("INSERT INTO public.workspace_members VALUES ($1, $2)", &[&ws, &user])
+            .unwrap_or_else(|e| sb.cluster.fail("insert a member as postgres", &e));
+    }
+    drop(pg);
+    SupabaseProject {
+        sb,
+        ws_a,
+        ws_b,
+        user_a: user_a.to_string(),
+        user_b: user_b.to_string(),
     }
 }

@@ -6,77 +6,10 @@
 
 mod common;
 
-use byok_integration::postgres::types::ToSql;
 use byok_integration::postgres::GenericClient;
-use byok_integration::{sample_key, sqlstate, SupabaseCluster, SupabaseOptions};
+use byok_integration::{sample_key, sqlstate, supabase_project, SupabaseOptions};
 use common::*;
 use uuid::Uuid;
-
-/// The project's migration, exactly as committed.
-const MIGRATION: &str = include_str!("../../supabase/migrations/20261129000000_pg_byok.sql");
-
-/// An earlier migration of the app: its own workspace and membership tables.
-const APP_SCHEMA: &str = "
-CREATE TABLE public.workspaces (id uuid PRIMARY KEY, name text NOT NULL, status text NOT NULL DEFAULT 'active');
-CREATE TABLE public.workspace_members (
-    workspace_id uuid NOT NULL REFERENCES public.workspaces (id) ON DELETE CASCADE,
-    user_id uuid NOT NULL,
-    PRIMARY KEY (workspace_id, user_id));
-";
-
-/// A Supabase-shaped cluster after the app's migrations and pg_byok's: two
-/// workspaces, one member each.
-struct Project {
-    sb: SupabaseCluster,
-    ws_a: Uuid,
-    ws_b: Uuid,
-    user_a: String,
-    user_b: String,
-}
-
-fn project() -> Project {
-    let sb = SupabaseCluster::start(SupabaseOptions {
-        extra_conf: vec!["byok.inactive_statuses = 'paused'".to_string()],
-        ..Default::default()
-    });
-    sb.psql_as("postgres", APP_SCHEMA);
-    // pg_byok needs a superuser: postgres alone cannot create it (which is
-    // why supautils' privileged extensions are part of the install).
-    let e = sb
-        .postgres()
-        .batch_execute("CREATE EXTENSION pg_byok")
-        .expect_err("postgres is no superuser and cannot create pg_byok itself");
-    assert_eq!(sqlstate(&e), "42501", "{}", error_text(&e));
-    // supautils intercepts the migration's CREATE EXTENSION; then the rest
-    // of the migration runs as postgres.
-    sb.privileged_create_extension()
-        .unwrap_or_else(|e| sb.cluster.fail("CREATE EXTENSION on postgres's behalf", &e));
-    sb.psql_as("postgres", MIGRATION);
-
-    let (ws_a, ws_b) = (Uuid::new_v4(), Uuid::new_v4());
-    let (user_a, user_b) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
-    let mut pg = sb.postgres();
-    for (ws, user, name) in [(ws_a, &user_a, "A"), (ws_b, &user_b, "B")] {
-        let uid: Uuid = user.parse().unwrap();
-        pg.execute(
-            "INSERT INTO public.workspaces (id, name) VALUES ($1, $2::text)",
-            &[&ws, &name as &(dyn ToSql + Sync)],
-        )
-        .unwrap();
-        pg.execute(
-            "INSERT INTO public.workspace_members VALUES ($1, $2)",
-            &[&ws, &uid],
-        )
-        .unwrap();
-    }
-    Project {
-        sb,
-        ws_a,
-        ws_b,
-        user_a,
-        user_b,
-    }
-}
 
 fn one_bool(db: &mut impl GenericClient, sql: &str) -> bool {
     db.query_one(sql, &[]).unwrap().get(0)
@@ -84,7 +17,7 @@ fn one_bool(db: &mut impl GenericClient, sql: &str) -> bool {
 
 #[test]
 fn the_layout_is_supabases_and_pg_byok_belongs_to_the_superuser() {
-    let p = project();
+    let p = supabase_project(SupabaseOptions::default());
     let mut su = p.sb.superuser();
     let row = su
         .query_one(
@@ -128,7 +61,7 @@ fn the_layout_is_supabases_and_pg_byok_belongs_to_the_superuser() {
 
 #[test]
 fn byok_admin_reads_health_but_no_key_and_bypassrls_does_not_reach_the_ciphertext() {
-    let p = project();
+    let p = supabase_project(SupabaseOptions::default());
     let key = sample_key("anthropic", 1);
     p.sb
         .request("authenticated", Some(&p.user_a), |tx| {
@@ -195,7 +128,7 @@ fn byok_admin_reads_health_but_no_key_and_bypassrls_does_not_reach_the_ciphertex
 
 #[test]
 fn configuration_needs_byok_admin_and_the_callers_own_tables() {
-    let p = project();
+    let p = supabase_project(SupabaseOptions::default());
     let mut su = p.sb.superuser();
     su.batch_execute(
         "CREATE SCHEMA private; GRANT USAGE ON SCHEMA private TO postgres;
@@ -248,7 +181,7 @@ fn configuration_needs_byok_admin_and_the_callers_own_tables() {
 
 #[test]
 fn members_add_the_sidecar_validates_service_role_uses_and_postgres_pauses_and_deletes() {
-    let p = project();
+    let p = supabase_project(SupabaseOptions::default());
     let (key_a, key_b) = (sample_key("anthropic", 11), sample_key("openai", 12));
 
     // Requests as PostgREST makes them: members add keys to their own workspace only.
