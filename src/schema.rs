@@ -112,5 +112,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(col, Some(false));
+        // Members read their workspaces' audit trail (RLS limits the rows).
+        let audit = Spi::get_one::<bool>(
+            "SELECT has_table_privilege('authenticated', 'byok.audit_log', 'SELECT')
+                AND NOT has_table_privilege('anon', 'byok.audit_log', 'SELECT')",
+        )
+        .unwrap();
+        assert_eq!(audit, Some(true));
     }
 }

@@ -290,7 +290,15 @@ impl Cluster {
         let mut cmd = Command::new(pg_bin("initdb"));
         cmd.arg("-D")
             .arg(&self.data)
-            .args(["-A", "trust", "-U", &self.superuser, "-E", "UTF8", "--locale=C"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                &self.superuser,
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
             .args(["--no-instructions", "--no-sync"])
             .current_dir(&self.dir);
         self.run_checked("initdb", &mut cmd);

@@ -184,7 +184,12 @@ impl SupabaseCluster {
     /// `psql -X -v ON_ERROR_STOP=1 -f -` as `user`; panics with psql's
     /// stderr when it fails. Returns stdout.
     pub fn psql_as(&self, user: &str, sql: &str) -> String {
-        let out = self.tool("psql", user, &["-X", "-v", "ON_ERROR_STOP=1", "-f", "-"], sql.as_bytes());
+        let out = self.tool(
+            "psql",
+            user,
+            &["-X", "-v", "ON_ERROR_STOP=1", "-f", "-"],
+            sql.as_bytes(),
+        );
         if !out.status.success() {
             panic!(
                 "psql as {user} failed: {}\n--- stderr ---\n{}\n--- sql (first 2000 bytes) ---\n{}",
@@ -226,8 +231,13 @@ pub struct SupabaseProject {
 /// `postgres`, and add the two workspaces and their members as `postgres`.
 /// Also checks that `postgres` alone cannot create pg_byok (42501).
 pub fn supabase_project(mut opts: SupabaseOptions) -> SupabaseProject {
-    if !opts.extra_conf.iter().any(|l| l.contains("byok.inactive_statuses")) {
-        opts.extra_conf.push("byok.inactive_statuses = 'paused'".to_string());
+    if !opts
+        .extra_conf
+        .iter()
+        .any(|l| l.contains("byok.inactive_statuses"))
+    {
+        opts.extra_conf
+            .push("byok.inactive_statuses = 'paused'".to_string());
     }
     let sb = SupabaseCluster::start(opts);
     sb.psql_as("postgres", APP_SCHEMA);
@@ -249,8 +259,11 @@ pub fn supabase_project(mut opts: SupabaseOptions) -> SupabaseProject {
             &[&ws, &name as &(dyn ToSql + Sync)],
         )
         .unwrap_or_else(|e| sb.cluster.fail("insert a workspace as postgres", &e));
-        pg.execute("INSERT INTO public.workspace_members VALUES ($1, $2)", &[&ws, &user])
-            .unwrap_or_else(|e| sb.cluster.fail("insert a member as postgres", &e));
+        pg.execute(
+            "INSERT INTO public.workspace_members VALUES ($1, $2)",
+            &[&ws, &user],
+        )
+        .unwrap_or_else(|e| sb.cluster.fail("insert a member as postgres", &e));
     }
     drop(pg);
     SupabaseProject {

@@ -31,16 +31,20 @@ fn populate(p: &SupabaseProject) -> Keys {
         revoked_b: sample_key("openai", 24),
     };
     let add = |user: &str, ws: Uuid, vendor: &str, key: &str| {
-        p.sb.request("authenticated", Some(user), |tx| add_key(tx, ws, vendor, key, Some("backup test")))
-            .unwrap()
+        p.sb.request("authenticated", Some(user), |tx| {
+            add_key(tx, ws, vendor, key, Some("backup test"))
+        })
+        .unwrap()
     };
     add(&p.user_a, p.ws_a, "anthropic", &k.active_a);
     add(&p.user_b, p.ws_b, "anthropic", &k.active_b);
     let revoked = add(&p.user_b, p.ws_b, "openai", &k.revoked_b);
     let mut sidecar = p.sb.cluster.client_as("byok_sidecar");
     assert_eq!(finish_all(&mut sidecar, "valid").len(), 3);
-    p.sb.request("authenticated", Some(&p.user_b), |tx| revoke_key(tx, revoked.id, Some("rotated by hand")))
-        .unwrap();
+    p.sb.request("authenticated", Some(&p.user_b), |tx| {
+        revoke_key(tx, revoked.id, Some("rotated by hand"))
+    })
+    .unwrap();
     // Added after the sidecar ran: still pending, its job in the queue.
     add(&p.user_a, p.ws_a, "openai", &k.pending_a);
     k
@@ -96,7 +100,10 @@ fn pg_dump_as_postgres_succeeds_and_carries_no_key_material() {
         let dump = dump_as_postgres(&p, extra);
         assert_no_key_material(&dump, &all_keys, &format!("pg_dump {extra:?} as postgres"));
         for c in &ciphertexts {
-            assert!(!dump.contains(c.as_str()), "pg_dump {extra:?} carries a ciphertext");
+            assert!(
+                !dump.contains(c.as_str()),
+                "pg_dump {extra:?} carries a ciphertext"
+            );
         }
         if extra.is_empty() {
             // The app's data is there: the dump is a real one.
@@ -106,19 +113,22 @@ fn pg_dump_as_postgres_succeeds_and_carries_no_key_material() {
 
     // The archive carries the sealed keys (and nothing in plaintext); only
     // the superuser can make it.
-    let archive: String = p
-        .sb
-        .superuser()
-        .query_one("SELECT byok.export_archive()", &[])
-        .unwrap()
-        .get(0);
+    let archive: String =
+        p.sb.superuser()
+            .query_one("SELECT byok.export_archive()", &[])
+            .unwrap()
+            .get(0);
     assert_no_key_material(&archive, &all_keys, "byok.export_archive()");
     for c in &ciphertexts {
-        assert!(archive.contains(c.as_str()), "the archive misses a sealed key");
+        assert!(
+            archive.contains(c.as_str()),
+            "the archive misses a sealed key"
+        );
     }
-    let e = p
-        .sb
-        .request("service_role", None, |tx| tx.query("SELECT byok.export_archive()", &[]))
+    let e =
+        p.sb.request("service_role", None, |tx| {
+            tx.query("SELECT byok.export_archive()", &[])
+        })
         .expect_err("service_role export_archive");
     assert_eq!(sqlstate(&e), "42501");
 }
@@ -132,20 +142,18 @@ fn dump_archive_and_escrowed_keyring_restore_every_key_into_a_fresh_supabase_dat
     // and so are comments (only an object's owner may set one; Supabase's
     // CLI leaves them out for the same reason).
     let dump = dump_as_postgres(&p, &["--exclude-schema=byok", "--no-comments"]);
-    let archive: String = p
-        .sb
-        .superuser()
-        .query_one("SELECT byok.export_archive()", &[])
-        .unwrap()
-        .get(0);
+    let archive: String =
+        p.sb.superuser()
+            .query_one("SELECT byok.export_archive()", &[])
+            .unwrap()
+            .get(0);
     let escrow = p.sb.cluster.keyring_text();
     let before = metadata(&mut p.sb.superuser());
-    let audit_before: i64 = p
-        .sb
-        .superuser()
-        .query_one("SELECT count(*) FROM byok.audit_log", &[])
-        .unwrap()
-        .get(0);
+    let audit_before: i64 =
+        p.sb.superuser()
+            .query_one("SELECT count(*) FROM byok.audit_log", &[])
+            .unwrap()
+            .get(0);
 
     // A fresh Supabase database: the server gets the escrowed keyring,
     // supautils creates pg_byok, postgres restores the dump, the superuser
@@ -158,7 +166,11 @@ fn dump_archive_and_escrowed_keyring_restore_every_key_into_a_fresh_supabase_dat
     q.psql_as("postgres", &dump);
     q.psql_as("supabase_admin", &archive);
 
-    assert_eq!(metadata(&mut q.superuser()), before, "key metadata after restore");
+    assert_eq!(
+        metadata(&mut q.superuser()),
+        before,
+        "key metadata after restore"
+    );
     let audit_after: i64 = q
         .superuser()
         .query_one("SELECT count(*) FROM byok.audit_log", &[])
@@ -175,7 +187,8 @@ fn dump_archive_and_escrowed_keyring_restore_every_key_into_a_fresh_supabase_dat
     assert_eq!(used(p.ws_a, "anthropic"), k.active_a);
     assert_eq!(used(p.ws_b, "anthropic"), k.active_b);
     let mut pg = q.postgres();
-    pg.batch_execute("CREATE ROLE byok_sidecar LOGIN IN ROLE byok_worker").unwrap();
+    pg.batch_execute("CREATE ROLE byok_sidecar LOGIN IN ROLE byok_worker")
+        .unwrap();
     let mut sidecar = q.cluster.client_as("byok_sidecar");
     let claims = claim_jobs(&mut sidecar, "restored", 10, 60).unwrap();
     assert_eq!(claims.len(), 1);

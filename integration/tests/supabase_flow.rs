@@ -26,7 +26,11 @@ fn the_layout_is_supabases_and_pg_byok_belongs_to_the_superuser() {
         )
         .unwrap();
     assert_eq!(
-        (row.get::<_, bool>(0), row.get::<_, bool>(1), row.get::<_, bool>(2)),
+        (
+            row.get::<_, bool>(0),
+            row.get::<_, bool>(1),
+            row.get::<_, bool>(2)
+        ),
         (false, true, true)
     );
     let supers: Vec<String> = su
@@ -47,8 +51,14 @@ fn the_layout_is_supabases_and_pg_byok_belongs_to_the_superuser() {
     }
     // The migration made postgres a member of byok_admin, and the sidecar's
     // role a member of byok_worker.
-    assert!(one_bool(&mut su, "SELECT pg_has_role('postgres', 'byok_admin', 'MEMBER')"));
-    assert!(one_bool(&mut su, "SELECT pg_has_role('byok_sidecar', 'byok_worker', 'MEMBER')"));
+    assert!(one_bool(
+        &mut su,
+        "SELECT pg_has_role('postgres', 'byok_admin', 'MEMBER')"
+    ));
+    assert!(one_bool(
+        &mut su,
+        "SELECT pg_has_role('byok_sidecar', 'byok_worker', 'MEMBER')"
+    ));
     assert!(one_bool(
         &mut su,
         "SELECT member_table = 'public.workspace_members'::regclass FROM byok.member_source"
@@ -63,24 +73,32 @@ fn the_layout_is_supabases_and_pg_byok_belongs_to_the_superuser() {
 fn byok_admin_reads_health_but_no_key_and_bypassrls_does_not_reach_the_ciphertext() {
     let p = supabase_project(SupabaseOptions::default());
     let key = sample_key("anthropic", 1);
-    p.sb
-        .request("authenticated", Some(&p.user_a), |tx| {
-            add_key(tx, p.ws_a, "anthropic", &key, None)
-        })
-        .unwrap();
+    p.sb.request("authenticated", Some(&p.user_a), |tx| {
+        add_key(tx, p.ws_a, "anthropic", &key, None)
+    })
+    .unwrap();
     let mut pg = p.sb.postgres();
 
     // What the dashboard needs: vendor health, queue depth, keyring status,
     // the keys' metadata (BYPASSRLS: every workspace's).
-    pg.query("SELECT vendor, state, degraded FROM byok.vendor_status", &[])
-        .unwrap();
+    pg.query(
+        "SELECT vendor, state, degraded FROM byok.vendor_status",
+        &[],
+    )
+    .unwrap();
     let depth: i64 = pg
-        .query_one("SELECT coalesce(sum(ready + leased + waiting), 0)::bigint FROM byok.queue_depth()", &[])
+        .query_one(
+            "SELECT coalesce(sum(ready + leased + waiting), 0)::bigint FROM byok.queue_depth()",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(depth, 1);
     let primary: i64 = pg
-        .query_one("SELECT version FROM byok.master_key_status() WHERE is_primary", &[])
+        .query_one(
+            "SELECT version FROM byok.master_key_status() WHERE is_primary",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(primary, 1);
@@ -97,12 +115,20 @@ fn byok_admin_reads_health_but_no_key_and_bypassrls_does_not_reach_the_ciphertex
         ("SELECT ciphertext", "SELECT ciphertext FROM byok.keys"),
         ("SELECT * FROM byok.keys", "SELECT * FROM byok.keys"),
         ("COPY byok.keys", "COPY byok.keys TO STDOUT"),
-        ("use_key", "SELECT byok.use_key(gen_random_uuid(), 'anthropic')"),
+        (
+            "use_key",
+            "SELECT byok.use_key(gen_random_uuid(), 'anthropic')",
+        ),
         ("claim_jobs", "SELECT * FROM byok.claim_jobs('pg', 1, 60)"),
         ("export_archive", "SELECT byok.export_archive()"),
     ] {
         let e = pg.batch_execute(sql).expect_err(what);
-        assert_eq!(sqlstate(&e), "42501", "postgres: {what}: {}", error_text(&e));
+        assert_eq!(
+            sqlstate(&e),
+            "42501",
+            "postgres: {what}: {}",
+            error_text(&e)
+        );
     }
     // No role but the owner holds any privilege on the ciphertext column.
     let mut su = p.sb.superuser();
@@ -117,10 +143,20 @@ fn byok_admin_reads_health_but_no_key_and_bypassrls_does_not_reach_the_ciphertex
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert!(readers.is_empty(), "roles that can SELECT the ciphertext: {readers:?}");
-    for f in ["byok.use_key(uuid, text)", "byok.claim_jobs(text, integer, integer)", "byok._open(uuid, uuid, text, bytea)"] {
+    assert!(
+        readers.is_empty(),
+        "roles that can SELECT the ciphertext: {readers:?}"
+    );
+    for f in [
+        "byok.use_key(uuid, text)",
+        "byok.claim_jobs(text, integer, integer)",
+        "byok._open(uuid, uuid, text, bytea)",
+    ] {
         assert!(
-            !one_bool(&mut su, &format!("SELECT has_function_privilege('byok_admin', '{f}', 'EXECUTE')")),
+            !one_bool(
+                &mut su,
+                &format!("SELECT has_function_privilege('byok_admin', '{f}', 'EXECUTE')")
+            ),
             "byok_admin may execute {f}"
         );
     }
@@ -155,7 +191,11 @@ fn configuration_needs_byok_admin_and_the_callers_own_tables() {
     ] {
         let e = pg.batch_execute(sql).expect_err(sql);
         assert_eq!(sqlstate(&e), "42501", "{sql}: {}", error_text(&e));
-        assert!(error_text(&e).contains("privilege on private."), "{sql}: {}", error_text(&e));
+        assert!(
+            error_text(&e).contains("privilege on private."),
+            "{sql}: {}",
+            error_text(&e)
+        );
     }
     // A role outside byok_admin configures nothing, even with EXECUTE.
     su.batch_execute(
@@ -171,9 +211,10 @@ fn configuration_needs_byok_admin_and_the_callers_own_tables() {
     assert!(error_text(&e).contains("byok_admin"), "{}", error_text(&e));
     // The PostgREST roles configure nothing either.
     for role in ["anon", "authenticated", "service_role"] {
-        let e = p
-            .sb
-            .request(role, Some(&p.user_a), |tx| tx.query("SELECT byok.grant_supabase_roles()", &[]))
+        let e =
+            p.sb.request(role, Some(&p.user_a), |tx| {
+                tx.query("SELECT byok.grant_supabase_roles()", &[])
+            })
             .expect_err(role);
         assert_eq!(sqlstate(&e), "42501", "{role}");
     }
@@ -185,27 +226,29 @@ fn members_add_the_sidecar_validates_service_role_uses_and_postgres_pauses_and_d
     let (key_a, key_b) = (sample_key("anthropic", 11), sample_key("openai", 12));
 
     // Requests as PostgREST makes them: members add keys to their own workspace only.
-    let added_a = p
-        .sb
-        .request("authenticated", Some(&p.user_a), |tx| add_key(tx, p.ws_a, "anthropic", &key_a, Some("prod")))
+    let added_a =
+        p.sb.request("authenticated", Some(&p.user_a), |tx| {
+            add_key(tx, p.ws_a, "anthropic", &key_a, Some("prod"))
+        })
         .unwrap();
     assert_eq!(added_a.masked, mask(&key_a));
-    p.sb.request("authenticated", Some(&p.user_b), |tx| add_key(tx, p.ws_b, "openai", &key_b, None))
-        .unwrap();
-    let e = p
-        .sb
-        .request("authenticated", Some(&p.user_a), |tx| add_key(tx, p.ws_b, "anthropic", &key_a, None))
+    p.sb.request("authenticated", Some(&p.user_b), |tx| {
+        add_key(tx, p.ws_b, "openai", &key_b, None)
+    })
+    .unwrap();
+    let e =
+        p.sb.request("authenticated", Some(&p.user_a), |tx| {
+            add_key(tx, p.ws_b, "anthropic", &key_a, None)
+        })
         .expect_err("user A adding to workspace B");
     assert_eq!(sqlstate(&e), "42501");
-    let e = p
-        .sb
-        .request("authenticated", Some(&p.user_b), |tx| list_keys(tx, p.ws_a))
-        .expect_err("user B listing workspace A");
+    let e =
+        p.sb.request("authenticated", Some(&p.user_b), |tx| list_keys(tx, p.ws_a))
+            .expect_err("user B listing workspace A");
     assert_eq!(sqlstate(&e), "42501");
-    let e = p
-        .sb
-        .request("anon", None, |tx| list_keys(tx, p.ws_a))
-        .expect_err("anon listing");
+    let e =
+        p.sb.request("anon", None, |tx| list_keys(tx, p.ws_a))
+            .expect_err("anon listing");
     assert_eq!(sqlstate(&e), "42501");
 
     // The sidecar, logged in as the role the migration created.
@@ -215,25 +258,35 @@ fn members_add_the_sidecar_validates_service_role_uses_and_postgres_pauses_and_d
     opened.sort();
     let mut expected = vec![key_a.clone(), key_b.clone()];
     expected.sort();
-    assert_eq!(opened, expected, "claim_jobs must return the keys the members added");
-    assert!(done.iter().all(|(_, st)| st == "active"), "{:?}", done.iter().map(|d| &d.1).collect::<Vec<_>>());
+    assert_eq!(
+        opened, expected,
+        "claim_jobs must return the keys the members added"
+    );
+    assert!(
+        done.iter().all(|(_, st)| st == "active"),
+        "{:?}",
+        done.iter().map(|d| &d.1).collect::<Vec<_>>()
+    );
 
     // use_key: service_role yes, authenticated never.
-    let used = p
-        .sb
-        .request("service_role", None, |tx| use_key(tx, p.ws_a, "anthropic"))
-        .unwrap();
+    let used =
+        p.sb.request("service_role", None, |tx| use_key(tx, p.ws_a, "anthropic"))
+            .unwrap();
     assert_eq!(used, key_a);
-    let e = p
-        .sb
-        .request("authenticated", Some(&p.user_a), |tx| use_key(tx, p.ws_a, "anthropic"))
+    let e =
+        p.sb.request("authenticated", Some(&p.user_a), |tx| {
+            use_key(tx, p.ws_a, "anthropic")
+        })
         .expect_err("authenticated use_key");
     assert_eq!(sqlstate(&e), "42501");
 
     // The 'key activity' page: members read their workspace's audit trail, nothing else.
     let trail = |user: &str| -> Vec<(Uuid, String)> {
         p.sb.request("authenticated", Some(user), |tx| {
-            tx.query("SELECT workspace_id, action FROM byok.audit_log ORDER BY id", &[])
+            tx.query(
+                "SELECT workspace_id, action FROM byok.audit_log ORDER BY id",
+                &[],
+            )
         })
         .unwrap()
         .iter()
@@ -245,42 +298,61 @@ fn members_add_the_sidecar_validates_service_role_uses_and_postgres_pauses_and_d
     let a_actions: Vec<&str> = a_rows.iter().map(|(_, a)| a.as_str()).collect();
     assert_eq!(a_actions, ["add", "validate", "use"]);
     let b_rows = trail(&p.user_b);
-    assert!(!b_rows.is_empty() && b_rows.iter().all(|(ws, _)| *ws == p.ws_b), "{b_rows:?}");
+    assert!(
+        !b_rows.is_empty() && b_rows.iter().all(|(ws, _)| *ws == p.ws_b),
+        "{b_rows:?}"
+    );
     let stranger = Uuid::new_v4().to_string();
-    assert!(trail(&stranger).is_empty(), "a user of no workspace reads audit rows");
-    let e = p
-        .sb
-        .request("anon", None, |tx| tx.query("SELECT 1 FROM byok.audit_log", &[]))
+    assert!(
+        trail(&stranger).is_empty(),
+        "a user of no workspace reads audit rows"
+    );
+    let e =
+        p.sb.request("anon", None, |tx| {
+            tx.query("SELECT 1 FROM byok.audit_log", &[])
+        })
         .expect_err("anon audit_log");
     assert_eq!(sqlstate(&e), "42501");
 
     // Workspace lifecycle from the app's side, as postgres.
     let mut pg = p.sb.postgres();
-    pg.execute("UPDATE public.workspaces SET status = 'paused' WHERE id = $1", &[&p.ws_a])
-        .unwrap();
+    pg.execute(
+        "UPDATE public.workspaces SET status = 'paused' WHERE id = $1",
+        &[&p.ws_a],
+    )
+    .unwrap();
     pg.execute("DELETE FROM public.workspaces WHERE id = $1", &[&p.ws_b])
         .unwrap();
     let state = |ws: Uuid| -> (String, Option<String>) {
-        let r = p
-            .sb
-            .superuser()
-            .query_one(
-                "SELECT status, revoked_cause FROM byok.keys WHERE workspace_id = $1",
-                &[&ws],
-            )
-            .unwrap();
+        let r =
+            p.sb.superuser()
+                .query_one(
+                    "SELECT status, revoked_cause FROM byok.keys WHERE workspace_id = $1",
+                    &[&ws],
+                )
+                .unwrap();
         (r.get(0), r.get(1))
     };
-    assert_eq!(state(p.ws_a), ("revoked".to_string(), Some("workspace_paused".to_string())));
-    assert_eq!(state(p.ws_b), ("revoked".to_string(), Some("workspace_deleted".to_string())));
-    let e = p
-        .sb
-        .request("service_role", None, |tx| use_key(tx, p.ws_a, "anthropic"))
-        .expect_err("a paused workspace's key");
-    assert_eq!(sqlstate(&e), "P0002", "service_role is authorized; the key is gone");
-    let e = p
-        .sb
-        .request("authenticated", Some(&p.user_a), |tx| add_key(tx, p.ws_a, "anthropic", &key_a, None))
+    assert_eq!(
+        state(p.ws_a),
+        ("revoked".to_string(), Some("workspace_paused".to_string()))
+    );
+    assert_eq!(
+        state(p.ws_b),
+        ("revoked".to_string(), Some("workspace_deleted".to_string()))
+    );
+    let e =
+        p.sb.request("service_role", None, |tx| use_key(tx, p.ws_a, "anthropic"))
+            .expect_err("a paused workspace's key");
+    assert_eq!(
+        sqlstate(&e),
+        "P0002",
+        "service_role is authorized; the key is gone"
+    );
+    let e =
+        p.sb.request("authenticated", Some(&p.user_a), |tx| {
+            add_key(tx, p.ws_a, "anthropic", &key_a, None)
+        })
         .expect_err("adding to a paused workspace");
     assert_eq!(sqlstate(&e), "55000");
 }
