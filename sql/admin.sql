@@ -94,8 +94,8 @@ BEGIN
         byok._archive_insert('byok.jobs', true, false),
         byok._archive_insert('byok.audit_log', true, false),
         byok._archive_insert('byok.vendor_health', false, true),
-        format('SELECT pg_catalog.setval(%L, %s, %s);', 'byok.jobs_id_seq', s.last_value, s.is_called),
-        format('SELECT pg_catalog.setval(%L, %s, %s);', 'byok.audit_log_id_seq', a.last_value, a.is_called),
+        format('SELECT pg_catalog.setval(%L, %s, %L);', 'byok.jobs_id_seq', s.last_value, s.is_called),
+        format('SELECT pg_catalog.setval(%L, %s, %L);', 'byok.audit_log_id_seq', a.last_value, a.is_called),
         'COMMIT;')
       FROM byok.jobs_id_seq s, byok.audit_log_id_seq a);
 END

@@ -141,7 +141,14 @@ fn dump_archive_and_escrowed_keyring_restore_every_key_into_a_fresh_supabase_dat
     // (CREATE EXTENSION makes its objects, the archive carries its rows),
     // and so are comments (only an object's owner may set one; Supabase's
     // CLI leaves them out for the same reason).
-    let dump = dump_as_postgres(&p, &["--exclude-schema=byok", "--no-comments"]);
+    // Default privileges of supabase_admin are the platform's, set again by
+    // the fresh database's own setup; postgres may not restate them
+    // (Supabase's CLI comments these lines out of its dumps too).
+    let dump: String = dump_as_postgres(&p, &["--exclude-schema=byok", "--no-comments"])
+        .lines()
+        .filter(|l| !l.starts_with("ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let archive: String =
         p.sb.superuser()
             .query_one("SELECT byok.export_archive()", &[])
