@@ -9,6 +9,8 @@
 //!   `NOLOGIN NOINHERIT BYPASSRLS`; PostgREST logs in as `authenticator`
 //!   (`NOINHERIT`, a member of those three and of `supabase_admin`) and per
 //!   request does `SET LOCAL ROLE` with `request.jwt.claims` set.
+//! - `supabase_read_only_user` is `LOGIN BYPASSRLS` and a member of
+//!   `pg_read_all_data`.
 //! - Schema `public` grants everything to the API roles by default
 //!   privileges, for objects of `postgres` and of `supabase_admin`.
 //! - A superuser-only extension is created by supautils on `postgres`'s
@@ -35,6 +37,8 @@ CREATE ROLE authenticated NOLOGIN NOINHERIT;
 CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS;
 CREATE ROLE authenticator LOGIN NOINHERIT;
 GRANT anon, authenticated, service_role, supabase_admin TO authenticator;
+CREATE ROLE supabase_read_only_user LOGIN BYPASSRLS;
+GRANT pg_read_all_data TO supabase_read_only_user;
 ALTER DATABASE byok OWNER TO postgres;
 "#;
 

@@ -130,23 +130,36 @@ fn byok_admin_reads_health_but_no_key_and_bypassrls_does_not_reach_the_ciphertex
             error_text(&e)
         );
     }
-    // No role but the owner holds any privilege on the ciphertext column.
+    // The ciphertext column is granted to no role. Only the superuser and
+    // Postgres's predefined pg_read_all_data (which ignores grants; on
+    // Supabase, supabase_read_only_user) can read it: SECURITY.md, row S8.
     let mut su = p.sb.superuser();
     let readers: Vec<String> = su
         .query(
             "SELECT rolname::text FROM pg_roles
-              WHERE rolname NOT IN ('supabase_admin')
-                AND has_column_privilege(oid, 'byok.keys'::regclass, 'ciphertext', 'SELECT')",
+              WHERE NOT rolsuper
+                AND has_column_privilege(oid, 'byok.keys'::regclass, 'ciphertext', 'SELECT')
+              ORDER BY 1",
             &[],
         )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert!(
-        readers.is_empty(),
-        "roles that can SELECT the ciphertext: {readers:?}"
+    assert_eq!(
+        readers,
+        ["pg_read_all_data", "supabase_read_only_user"],
+        "roles that can SELECT the ciphertext"
     );
+    let grantees: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_attribute a, aclexplode(a.attacl) x
+              WHERE a.attrelid = 'byok.keys'::regclass AND a.attname = 'ciphertext'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(grantees, 0, "the ciphertext column is granted to some role");
     for f in [
         "byok.use_key(uuid, text)",
         "byok.claim_jobs(text, integer, integer)",
