@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the product: a local PostgreSQL 15 cluster (under .run/) with pg_byok
 # preloaded and a freshly generated development master key, byok-sidecar
-# validating keys against the built-in mock vendor (no internet needed), and
+# validating keys against the mock vendor, byok-mock-vendor (no internet needed), and
 # a walkthrough of a key's life: add → list → validate → use → rotate →
 # revoke → workspace paused. `bash scripts/demo.sh stop` stops it all.
 #
@@ -18,7 +18,7 @@ bin=/usr/lib/postgresql/15/bin
 as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 stop_all() {
-    for p in sidecar mock; do
+    for p in sidecar mock edge page; do
         if [ -f "$run/$p.pid" ]; then kill "$(cat "$run/$p.pid")" 2>/dev/null || true; rm -f "$run/$p.pid"; fi
     done
     if [ -f "$run/data/postmaster.pid" ]; then as_postgres "$bin/pg_ctl" -D "$run/data" -m fast -w stop >/dev/null; fi
@@ -28,8 +28,9 @@ stop_all() {
 
 bash scripts/setup.sh
 bash scripts/install-extension.sh
-cargo build --release -p byok-sidecar
+cargo build --release -p byok-sidecar -p byok-mock-vendor
 sidecar_bin=${CARGO_TARGET_DIR:-$root/target}/release/byok-sidecar
+mock_bin=${CARGO_TARGET_DIR:-$root/target}/release/byok-mock-vendor
 
 [ -f "$run/data/postmaster.pid" ] && stop_all
 rm -rf "$run"; mkdir -p "$run"
@@ -74,7 +75,7 @@ SQL
 if [ "${BYOK_DEMO_REAL_VENDORS:-0}" = 1 ]; then
     anthropic_url=https://api.anthropic.com; openai_url=https://api.openai.com
 else
-    "$sidecar_bin" mock-vendor --listen 127.0.0.1:0 > "$run/mock.log" 2>&1 &
+    "$mock_bin" --listen 127.0.0.1:0 > "$run/mock.log" 2>&1 &
     echo $! > "$run/mock.pid"
     for _ in $(seq 50); do grep -q listening "$run/mock.log" && break; sleep 0.1; done
     mock=$(sed -n 's/^mock-vendor listening on //p' "$run/mock.log")
@@ -135,6 +136,11 @@ step "7. The audit trail (never key material)"
 sql -c "SELECT at::time(0), actor_role, actor_sub, action, outcome, detail FROM byok.audit_log ORDER BY id;"
 step "8. Vendor health from the sidecar's circuit breaker"
 sql -c "SELECT * FROM byok.vendor_status;"
+step "9. Settings → Keys: the example page and its edge function (examples/), for a fresh workspace"
+page_ws=a0000000-0000-0000-0000-000000000002 page_user=b0000000-0000-0000-0000-000000000008
+sql -c "INSERT INTO app.workspaces VALUES ('$page_ws', 'Settings page', 'active'); INSERT INTO app.members VALUES ('$page_ws', '$page_user');"
+BYOK_DEMO_RUN=$run BYOK_DEMO_PORT=$port ANTHROPIC_BASE_URL=$anthropic_url OPENAI_BASE_URL=$openai_url \
+    BYOK_DEMO_WORKSPACE=$page_ws BYOK_DEMO_USER=$page_user bash scripts/examples.sh serve
 cat <<EOF
 
 The demo is still running: Postgres on 127.0.0.1:$port (socket dir $run), the sidecar

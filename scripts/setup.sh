@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install everything pg_byok needs on Debian 12, idempotently: PostgreSQL 15
 # with server headers, clang for bindgen, sudo (cargo-pgrx --runas uses it),
-# cargo-pgrx 0.18.0 (newer ones need a newer rustc) and its pg15 config.
+# cargo-pgrx 0.18.0 (newer ones need a newer rustc) and its pg15 config;
+# Node.js and Chromium for the examples' tests (scripts/examples.sh).
 set -euo pipefail
 
 PGRX_VERSION=0.18.0
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
-packages=(sudo postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang pkg-config)
+packages=(sudo postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang pkg-config nodejs chromium)
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 

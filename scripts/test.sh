@@ -11,9 +11,9 @@ bash scripts/setup.sh
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "unit and property tests (byok-core, byok-sidecar)"
+step "unit and property tests (byok-core, byok-sidecar, byok-mock-vendor)"
 cargo test -p byok-core --no-fail-fast
-cargo test -p byok-sidecar --lib --bins --no-fail-fast
+cargo test -p byok-sidecar -p byok-mock-vendor --lib --bins --no-fail-fast
 
 step "extension #[pg_test]s"
 pgdata_parent=$(mktemp -d /tmp/pg_byok_pgtest.XXXXXX)
@@ -30,7 +30,12 @@ step "install the extension for the integration tests"
 BYOK_PROFILE=${BYOK_PROFILE:-debug} bash scripts/install-extension.sh
 
 step "integration tests: scenarios, tenancy, sidecar end to end, leak suite"
+# The leak suite runs both binaries as child processes.
+cargo build -p byok-sidecar -p byok-mock-vendor
 cargo test -p byok-integration -p byok-sidecar --test '*' --no-fail-fast -- --test-threads=2
+
+step "examples: the edge function (Deno) and the Settings → Keys page (headless Chromium) on a real cluster"
+bash scripts/examples.sh test
 
 step "vendor spec conformance: the sidecar's requests against Prism serving the vendors' OpenAPI specs"
 if exports=$(bash scripts/prism.sh start); then

@@ -4,6 +4,13 @@
 -- gets use_key, Supabase's roles get exactly what API.md lists (now if they
 -- exist, or later through byok.grant_supabase_roles()). The ciphertext
 -- column of byok.keys is granted to no role at all.
+--
+-- Members (authenticated) read keys through byok.list_keys only, not from
+-- byok.keys: row-level security filters rows after the scan has read them,
+-- so EXPLAIN ANALYZE of a query on the table counts another workspace's rows
+-- ("Rows Removed by Filter"), and conditions on indexed columns tell which
+-- vendors, statuses and creation times they have. service_role, for whom
+-- every workspace is authorized anyway, keeps its column SELECT.
 
 DO $revoke$
 DECLARE
@@ -54,7 +61,6 @@ BEGIN
         REVOKE ALL ON ALL TABLES IN SCHEMA byok FROM authenticated;
         GRANT USAGE ON SCHEMA byok TO authenticated;
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO authenticated', member_functions);
-        EXECUTE format('GRANT SELECT %s ON byok.keys TO authenticated', key_columns);
         -- The 'key activity' of a settings page: RLS (authorize) limits it
         -- to the caller's own workspaces.
         GRANT SELECT ON byok.audit_log TO authenticated;
@@ -98,7 +104,7 @@ REVOKE ALL ON FUNCTION byok.grant_supabase_roles() FROM PUBLIC;
 COMMENT ON FUNCTION byok.grant_supabase_roles() IS
     'Grant anon/authenticated/service_role exactly what pg_byok allows them; run after creating those roles';
 
--- byok_admin: configuration and health, never a key. The two trigger
+-- byok_admin: configuration and health, never a key. The trigger
 -- functions are granted so that a dump restored by the database owner can
 -- re-create the workspace triggers (a trigger function cannot be called
 -- directly). SELECT on byok.keys leaves out the ciphertext column.
@@ -112,7 +118,8 @@ GRANT EXECUTE ON FUNCTION
     byok.master_key_status(),
     byok.queue_depth(),
     byok._on_workspace_removed(),
-    byok._on_workspace_update()
+    byok._on_workspace_update(),
+    byok._on_workspace_insert()
   TO byok_admin;
 GRANT SELECT ON byok.vendor_status, byok.audit_log, byok.member_source, byok.workspace_source TO byok_admin;
 GRANT SELECT (id, workspace_id, vendor, label, masked, status, status_detail, created_at, validated_at,

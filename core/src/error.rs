@@ -6,12 +6,11 @@
 //! fixed reasons. The single exception that holds user text,
 //! [`CoreError::UnknownVendor`], stores an already redacted, truncated copy.
 
-use crate::redact::redact;
-use crate::vendor::Vendor;
+//!
+//! A leaf module: it uses only the [`Vendor`] enum (itself a leaf), so every
+//! other module can return `CoreError` without an import cycle.
 
-/// How many characters of an unknown vendor name a message quotes: enough to
-/// recognise a typo, too few to carry a secret someone pasted in the wrong box.
-const VENDOR_QUOTE_CHARS: usize = 20;
+use crate::vendor::Vendor;
 
 /// Everything that can go wrong in byok-core.
 #[derive(Debug, thiserror::Error)]
@@ -19,13 +18,13 @@ pub enum CoreError {
     #[error("unknown vendor \"{shown}\"")]
     UnknownVendor {
         /// Redacted, at most 20 characters; build it with
-        /// [`CoreError::unknown_vendor`].
+        /// [`CoreError::unknown_vendor`] (in `vendor_name.rs`).
         shown: String,
     },
     #[error("the API key is empty")]
     EmptyKey,
-    #[error("the API key is {len} bytes long; no API key is longer than {max}", max = crate::keys::MAX_INPUT_LEN)]
-    KeyTooLong { len: usize },
+    #[error("the API key is {len} bytes long; no API key is longer than {max}")]
+    KeyTooLong { len: usize, max: usize },
     #[error("the API key contains whitespace inside it")]
     InnerWhitespace,
     #[error("this is not an {} API key: {}", vendor.display_name(), expected_shape(*vendor))]
@@ -70,20 +69,6 @@ pub enum ErrorKind {
 }
 
 impl CoreError {
-    /// Builds [`CoreError::UnknownVendor`] from raw user input. The input is
-    /// redacted *before* truncation, so a key pasted into the vendor argument
-    /// is masked as a whole rather than cut to a 20-character prefix that
-    /// would no longer look key-shaped and would leak its first characters.
-    pub fn unknown_vendor(raw: &str) -> CoreError {
-        let redacted = redact(raw.trim());
-        let shown = redacted
-            .chars()
-            .take(VENDOR_QUOTE_CHARS)
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect();
-        CoreError::UnknownVendor { shown }
-    }
-
     /// The SQLSTATE class of this error.
     pub fn kind(&self) -> ErrorKind {
         use CoreError::*;

@@ -1,6 +1,6 @@
 //! Property tests of the envelope: round trip, tamper evidence, key errors.
 
-use byok_core::envelope::{open, seal, Aad};
+use byok_core::envelope::{open, seal, Aad, MAX_HEADER_EDITS};
 use byok_core::keyring::Keyring;
 use byok_core::{CoreError, ErrorKind, Vendor};
 use proptest::prelude::*;
@@ -125,4 +125,116 @@ fn every_single_bit_flip_is_tampered() {
             assert_eq!(err.kind(), ErrorKind::Tampered, "byte {i} bit {bit}: {err}");
         }
     }
+}
+
+/// One edit of a blob: flip, insert or delete a byte.
+#[derive(Debug, Clone)]
+enum Edit {
+    Flip(prop::sample::Index, u8),
+    Insert(prop::sample::Index, u8),
+    Delete(prop::sample::Index),
+}
+
+fn any_edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        (any::<prop::sample::Index>(), 1u8..=255).prop_map(|(i, b)| Edit::Flip(i, b)),
+        (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, b)| Edit::Insert(i, b)),
+        any::<prop::sample::Index>().prop_map(Edit::Delete),
+    ]
+}
+
+fn apply(blob: &mut Vec<u8>, edit: &Edit) {
+    match edit {
+        Edit::Flip(i, b) => {
+            let i = i.index(blob.len());
+            blob[i] ^= b;
+        }
+        Edit::Insert(i, b) => blob.insert(i.index(blob.len() + 1), *b),
+        Edit::Delete(i) => {
+            blob.remove(i.index(blob.len()));
+        }
+    }
+}
+
+proptest! {
+    /// Up to MAX_HEADER_EDITS flips, insertions and deletions anywhere, the
+    /// header included, are tampering, never a missing or foreign key.
+    #[test]
+    fn up_to_three_edits_anywhere_are_tampered(
+        spec in any_keyring_spec(), aad in any_aad(), msg in plaintext(),
+        edits in prop::collection::vec(any_edit(), 1..=MAX_HEADER_EDITS),
+    ) {
+        let ring = keyring_of(&spec);
+        let blob = seal(&ring, &aad, &msg).unwrap();
+        let mut edited = blob.clone();
+        for edit in &edits {
+            apply(&mut edited, edit);
+        }
+        prop_assume!(edited != blob);
+        match open(&ring, &aad, &edited) {
+            Err(e) => prop_assert_eq!(e.kind(), ErrorKind::Tampered, "{:?}: {}", edits, e),
+            Ok(_) => prop_assert!(false, "edited blob still opened: {:?}", edits),
+        }
+    }
+}
+
+/// Exhaustive: one byte inserted (every value at the header's offsets, a
+/// few elsewhere) or deleted at every offset is tampering (finding 13:
+/// offsets 1 to 17 used to read as a missing key).
+#[test]
+fn every_single_insertion_and_deletion_is_tampered() {
+    let ring = keyring_of(&[(1, [7; 32]), (2, [8; 32]), (0x0100_0002, [9; 32])]);
+    let aad = Aad {
+        key_id: [3; 16],
+        workspace_id: [4; 16],
+        vendor: Vendor::Anthropic,
+    };
+    let blob = seal(&ring, &aad, b"sk-ant-not-a-real-key").unwrap();
+    for at in 0..=blob.len() {
+        let values: Vec<u8> = if at <= 22 {
+            (0..=255).collect()
+        } else {
+            vec![0, 1, 0xff]
+        };
+        for value in values {
+            let mut bad = blob.clone();
+            bad.insert(at, value);
+            let err = open(&ring, &aad, &bad).expect_err("blob with an insertion opened");
+            assert_eq!(
+                err.kind(),
+                ErrorKind::Tampered,
+                "insert {value} at {at}: {err}"
+            );
+        }
+    }
+    for at in 0..blob.len() {
+        let mut bad = blob.clone();
+        bad.remove(at);
+        let err = open(&ring, &aad, &bad).expect_err("blob with a deletion opened");
+        assert_eq!(err.kind(), ErrorKind::Tampered, "delete at {at}: {err}");
+    }
+}
+
+/// The other side of the line: a header damaged beyond recognition names no
+/// loaded key, so it reads as a key this server lacks; still no plaintext.
+#[test]
+fn a_header_rewritten_wholesale_reads_as_a_missing_key() {
+    let ring = keyring_of(&[(1, [7; 32])]);
+    let aad = Aad {
+        key_id: [3; 16],
+        workspace_id: [4; 16],
+        vendor: Vendor::OpenAi,
+    };
+    let mut blob = seal(&ring, &aad, b"x").unwrap();
+    blob[1..21].copy_from_slice(&[0xA5; 20]);
+    let err = open(&ring, &aad, &blob).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CoreError::MasterKeyMissing {
+                version: 0xA5A5_A5A5
+            }
+        ),
+        "{err}"
+    );
 }

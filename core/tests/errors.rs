@@ -8,7 +8,13 @@ fn all_errors() -> Vec<(CoreError, ErrorKind)> {
     vec![
         (CoreError::unknown_vendor("gemini"), InvalidArgument),
         (EmptyKey, InvalidArgument),
-        (KeyTooLong { len: 1 << 20 }, InvalidArgument),
+        (
+            KeyTooLong {
+                len: 1 << 20,
+                max: 1024,
+            },
+            InvalidArgument,
+        ),
         (InnerWhitespace, InvalidArgument),
         (
             NotAKey {

@@ -1,10 +1,8 @@
 //! One test per normalisation rule and per refusal.
 
-mod common;
-
 use byok_core::keys::{normalize, recognize, KeyKind, MAX_INPUT_LEN};
+use byok_core::samples::*;
 use byok_core::{CoreError, ErrorKind, Vendor};
-use common::*;
 
 fn refuse(vendor: Vendor, raw: &str) -> CoreError {
     let err = normalize(vendor, raw).expect_err("should be refused");
@@ -121,7 +119,7 @@ fn refuses_inner_whitespace() {
 fn refuses_a_megabyte_before_looking_at_it() {
     let huge = format!("{}{}", anthropic_api(), " ".repeat(1 << 20));
     match refuse(Vendor::Anthropic, &huge) {
-        CoreError::KeyTooLong { len } => assert_eq!(len, huge.len()),
+        CoreError::KeyTooLong { len, max } => assert_eq!((len, max), (huge.len(), MAX_INPUT_LEN)),
         other => panic!("{other}"),
     }
     let edge = "x".repeat(MAX_INPUT_LEN + 1);

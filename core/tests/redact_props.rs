@@ -1,12 +1,10 @@
 //! Property tests of `mask` and `redact`.
 
-mod common;
-
 use std::borrow::Cow;
 
 use byok_core::mask::mask;
-use byok_core::redact::{contains_key_shaped, redact};
-use common::*;
+use byok_core::redact::{contains_key_shaped, key_ranges, may_hold_key, redact};
+use byok_core::samples::strategies::*;
 use proptest::prelude::*;
 
 /// Prefixes are public; only the characters after them are secret.
@@ -34,6 +32,16 @@ fn assert_hidden(out: &str, key: &str) -> Result<(), TestCaseError> {
             w,
             out
         );
+    }
+    Ok(())
+}
+
+/// No 12 characters in a row of the key's secret part survive in `out`
+/// (the promise for keys broken by separators; masks show 4).
+fn assert_no_piece_of_12(out: &str, key: &str) -> Result<(), TestCaseError> {
+    for window in body_of(key).as_bytes().windows(12) {
+        let w = std::str::from_utf8(window).unwrap();
+        prop_assert!(!out.contains(w), "{} of a key survived in {:?}", w, out);
     }
     Ok(())
 }
@@ -91,6 +99,47 @@ proptest! {
         let out = redact(&text);
         assert_hidden(&out, &key)?;
         prop_assert!(out.contains(&mask(&key)), "{}", out);
+    }
+
+    #[test]
+    fn a_key_broken_anywhere_leaves_no_piece_of_12(
+        (key, text) in any_published_key().prop_flat_map(broken_key),
+        (before, after) in (filler(), filler()),
+    ) {
+        let text = format!("{before}{text}{after}");
+        prop_assert!(may_hold_key(text.as_bytes()));
+        let out = redact(&text);
+        assert_no_piece_of_12(&out, &key)?;
+        prop_assert!(!contains_key_shaped(&out), "{:?}", out);
+        prop_assert!(matches!(redact(&out), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn broken_keys_in_json_and_urls_are_masked(
+        (key, text) in any_published_key().prop_flat_map(broken_key),
+        (open, close) in prop::sample::select(vec![
+            ("{\"key\":\"", "\"}"), ("?api_key=", "&v=1"), ("Authorization: Bearer ", "\r\n"),
+            ("['", "']"), ("key=", ""), ("", ""),
+        ]),
+    ) {
+        let text = format!("{open}{text}{close}");
+        let out = redact(&text);
+        assert_no_piece_of_12(&out, &key)?;
+        prop_assert!(out.starts_with(open) && out.ends_with(close), "{:?}", out);
+    }
+
+    #[test]
+    fn the_fast_path_never_skips_a_key(text in prop_oneof![
+        any::<String>(),
+        (filler(), any_published_key().prop_flat_map(broken_key), filler())
+            .prop_map(|(a, (_, k), b)| format!("{a}{k}{b}")),
+        prop::collection::vec(prop_oneof![filler(), key_separator(), "[A-Za-z0-9_-]{0,30}"], 0..12)
+            .prop_map(|v| v.concat()),
+    ]) {
+        prop_assert!(may_hold_key(text.as_bytes()) || key_ranges(text.as_bytes()).is_empty());
+        let out = redact(&text);
+        prop_assert!(!contains_key_shaped(&out), "{:?} -> {:?}", text, out);
+        prop_assert!(matches!(redact(&out), Cow::Borrowed(_)), "{:?}", out);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::keys::random_master_key_hex;
+use crate::random_master_key_hex;
 
 /// Where the server binaries live (Debian's PostgreSQL 15). Overridable with
 /// the environment variable `BYOK_PG_BIN`.

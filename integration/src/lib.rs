@@ -15,15 +15,19 @@
 //! db.query_one("SELECT (byok.add_key(gen_random_uuid(), 'anthropic', $1)).masked", &[&key]).unwrap();
 //! ```
 
+pub mod api_doc;
 mod cluster;
-mod keys;
+pub mod collect;
+pub mod repo_docs;
 mod scan;
+pub mod sidecar;
 mod sql;
 mod supabase;
 
-pub use cluster::{Cluster, ClusterOptions, PG_BIN};
-pub use keys::{random_master_key_hex, sample_key};
-pub use scan::grep_dir;
+/// The workspace's one set of sample-key builders (byok-core, feature `samples`).
+pub use byok_core::samples::{random_master_key_hex, sample_key, sample_key_marked};
+pub use cluster::{pg_bin, Cluster, ClusterOptions, PG_BIN};
+pub use scan::{grep_dir, search, Hit};
 pub use sql::{sqlstate, wait_until};
 pub use supabase::{supabase_project, SupabaseCluster, SupabaseOptions, SupabaseProject};
 

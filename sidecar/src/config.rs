@@ -6,33 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, ValueEnum};
 
-/// byok-sidecar: validates the API keys stored by pg_byok against the vendor.
-///
-/// Claims validation jobs from the database (byok.claim_jobs), makes the
-/// cheapest call that proves a key works, and writes the verdict back
-/// (byok.finish_job). Any number of sidecars may share one database.
-// No `Debug`: the database URL may carry a password.
-#[derive(Parser)]
-#[command(
-    name = "byok-sidecar",
-    version,
-    args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub run: RunArgs,
-}
-
-#[derive(Subcommand)]
-pub enum Command {
-    /// Run a local stand-in for the Anthropic and OpenAI APIs (tests, demos).
-    MockVendor(crate::mock::MockArgs),
-}
+use crate::breaker;
 
 /// Which call proves a key works.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -52,9 +28,15 @@ pub enum LogFormat {
     Text,
 }
 
-/// Settings of the worker (the default command).
-#[derive(Clone, Args)]
-pub struct RunArgs {
+/// byok-sidecar: validates the API keys stored by pg_byok against the vendor.
+///
+/// Claims validation jobs from the database (byok.claim_jobs), makes the
+/// cheapest call that proves a key works, and writes the verdict back
+/// (byok.finish_job). Any number of sidecars may share one database.
+// No `Debug`: the database URL may carry a password.
+#[derive(Clone, Parser)]
+#[command(name = "byok-sidecar", version)]
+pub struct Cli {
     /// Postgres connection string (libpq URL or key=value) of a role granted byok_worker.
     ///
     /// TLS follows its `sslmode`: `disable` never, `prefer` (the default) when the
@@ -172,20 +154,46 @@ pub struct RunArgs {
     pub queue_depth_interval: f64,
 }
 
-/// Validated worker settings (no `Debug`: see [`Cli`]).
+/// Where and how one vendor is probed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Without a trailing `/`.
+    pub base_url: String,
+    pub probe: Probe,
+    pub model: String,
+}
+
+impl Target {
+    pub fn new(base_url: &str, probe: Probe, model: &str) -> Target {
+        Target {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            probe,
+            model: model.to_owned(),
+        }
+    }
+}
+
+/// Validated worker settings: every value typed and checked, nothing left
+/// as raw command-line text (no `Debug`: the database URL may carry a
+/// password).
 #[derive(Clone)]
 pub struct Config {
     pub database_url: String,
     /// Roots for the database's TLS certificate (Mozilla + --db-ca-file).
     pub db_tls: tokio_postgres_rustls::MakeRustlsConnect,
+    /// The name jobs are claimed under.
     pub worker: String,
-    pub args: RunArgs,
+    pub anthropic: Target,
+    pub openai: Target,
+    /// Vendor calls in flight at once (1..=256).
+    pub concurrency: u32,
+    /// Lease on a claimed job, whole seconds (what `claim_jobs` takes).
+    pub lease_seconds: u32,
     pub poll_interval: Duration,
     pub request_timeout: Duration,
     pub grace_period: Duration,
     pub metrics_addr: Option<SocketAddr>,
-    pub breaker_window: Duration,
-    pub breaker_open: Duration,
+    pub breaker: breaker::Settings,
     pub queue_depth_interval: Option<Duration>,
 }
 
@@ -213,51 +221,67 @@ fn seconds(name: &'static str, value: f64, allow_zero: bool) -> Result<Duration,
 }
 
 impl Config {
-    /// Checks the arguments and fills in defaults that need the environment.
-    pub fn from_args(args: RunArgs) -> Result<Config, ConfigError> {
-        let database_url = args
+    /// Checks the command line and fills in defaults that need the environment.
+    pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        let database_url = cli
             .database_url
-            .clone()
             .filter(|u| !u.trim().is_empty())
             .ok_or(ConfigError::MissingDatabaseUrl)?;
-        let request_timeout = seconds("--request-timeout", args.request_timeout, false)?;
-        if f64::from(args.lease_seconds) < args.request_timeout + 5.0 {
+        let request_timeout = seconds("--request-timeout", cli.request_timeout, false)?;
+        if f64::from(cli.lease_seconds) < cli.request_timeout + 5.0 {
             return Err(ConfigError::LeaseTooShort {
-                lease: args.lease_seconds,
-                timeout: args.request_timeout,
+                lease: cli.lease_seconds,
+                timeout: cli.request_timeout,
             });
         }
         for (name, url) in [
-            ("anthropic-base-url", &args.anthropic_base_url),
-            ("openai-base-url", &args.openai_base_url),
+            ("anthropic-base-url", &cli.anthropic_base_url),
+            ("openai-base-url", &cli.openai_base_url),
         ] {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::BadUrl(name));
             }
         }
-        let metrics_addr = match args.metrics_addr.trim() {
+        let metrics_addr = match cli.metrics_addr.trim() {
             "off" | "" => None,
             a => Some(a.parse().map_err(|_| ConfigError::BadMetricsAddr)?),
         };
-        let queue_depth = seconds("--queue-depth-interval", args.queue_depth_interval, true)?;
-        let db_tls = crate::db_tls::connector(args.db_ca_file.as_deref())?;
+        let queue_depth = seconds("--queue-depth-interval", cli.queue_depth_interval, true)?;
+        let db_tls = crate::db_tls::connector(cli.db_ca_file.as_deref())?;
         Ok(Config {
             database_url,
             db_tls,
-            worker: args
+            worker: cli
                 .worker_name
-                .clone()
                 .filter(|w| !w.trim().is_empty())
                 .unwrap_or_else(default_worker_name),
-            poll_interval: seconds("--poll-interval", args.poll_interval, false)?,
-            grace_period: seconds("--grace-period", args.grace_period, true)?,
-            breaker_window: seconds("--breaker-window", args.breaker_window, false)?,
-            breaker_open: seconds("--breaker-open", args.breaker_open, false)?,
+            anthropic: Target::new(
+                &cli.anthropic_base_url,
+                cli.anthropic_probe,
+                &cli.anthropic_model,
+            ),
+            openai: Target::new(&cli.openai_base_url, cli.openai_probe, &cli.openai_model),
+            concurrency: cli.concurrency,
+            lease_seconds: cli.lease_seconds,
+            poll_interval: seconds("--poll-interval", cli.poll_interval, false)?,
+            grace_period: seconds("--grace-period", cli.grace_period, true)?,
+            breaker: breaker::Settings {
+                workspaces: cli.breaker_workspaces as usize,
+                window: seconds("--breaker-window", cli.breaker_window, false)?,
+                open_for: seconds("--breaker-open", cli.breaker_open, false)?,
+            },
             queue_depth_interval: (!queue_depth.is_zero()).then_some(queue_depth),
             request_timeout,
             metrics_addr,
-            args,
         })
+    }
+
+    /// Latest moment a job claimed at `claimed_at` can still be finished
+    /// (two seconds inside its lease).
+    pub fn finish_deadline(&self, claimed_at: tokio::time::Instant) -> tokio::time::Instant {
+        claimed_at
+            + Duration::from_secs(u64::from(self.lease_seconds))
+                .saturating_sub(Duration::from_secs(2))
     }
 }
 

@@ -10,19 +10,37 @@ fn parse(args: &[&str]) -> Result<Config, String> {
     ];
     argv.extend_from_slice(args);
     let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-    Config::from_args(cli.run).map_err(|e| e.to_string())
+    Config::from_cli(cli).map_err(|e| e.to_string())
 }
 
 #[test]
 fn defaults_are_sane() {
     let c = parse(&[]).unwrap();
-    assert_eq!(c.args.anthropic_probe, Probe::Completion);
-    assert_eq!(c.args.openai_probe, Probe::Completion);
-    assert_eq!(c.args.concurrency, 8);
-    assert_eq!(c.args.lease_seconds, 60);
+    assert_eq!(
+        c.anthropic,
+        Target::new(
+            "https://api.anthropic.com",
+            Probe::Completion,
+            "claude-haiku-4-5"
+        )
+    );
+    assert_eq!(
+        c.openai,
+        Target::new("https://api.openai.com", Probe::Completion, "gpt-4o-mini")
+    );
+    assert_eq!(c.concurrency, 8);
+    assert_eq!(c.lease_seconds, 60);
     assert_eq!(c.request_timeout, Duration::from_secs(15));
     assert_eq!(c.metrics_addr, Some("127.0.0.1:9187".parse().unwrap()));
-    assert_eq!(c.args.log_format, LogFormat::Text);
+    assert_eq!(c.breaker.workspaces, 3);
+    assert_eq!(c.breaker.window, Duration::from_secs(60));
+    assert_eq!(c.breaker.open_for, Duration::from_secs(30));
+    assert_eq!(c.queue_depth_interval, Some(Duration::from_secs(15)));
+    let cli = Cli::try_parse_from(["byok-sidecar"]).unwrap();
+    assert_eq!(
+        (cli.log_format, cli.log_level.as_str()),
+        (LogFormat::Text, "info")
+    );
     assert!(
         c.worker.contains(&std::process::id().to_string()),
         "{}",
@@ -59,16 +77,18 @@ fn flags_override_defaults() {
         "http://127.0.0.1:1",
     ])
     .unwrap();
-    assert_eq!(c.args.anthropic_probe, Probe::Models);
-    assert_eq!(c.args.anthropic_model, "claude-x");
-    assert_eq!(c.args.concurrency, 3);
+    assert_eq!(
+        c.anthropic,
+        Target::new("http://127.0.0.1:1", Probe::Models, "claude-x")
+    );
+    assert_eq!(c.openai.probe, Probe::Models);
+    assert_eq!(c.concurrency, 3);
+    assert_eq!(c.lease_seconds, 30);
     assert_eq!(c.request_timeout, Duration::from_millis(2500));
     assert_eq!(c.poll_interval, Duration::from_millis(200));
     assert_eq!(c.metrics_addr, None);
-    assert_eq!(c.args.log_format, LogFormat::Json);
     assert_eq!(c.worker, "w1");
-    assert_eq!(c.args.breaker_workspaces, 5);
-    assert_eq!(c.args.anthropic_base_url, "http://127.0.0.1:1");
+    assert_eq!(c.breaker.workspaces, 5);
 }
 
 #[test]
@@ -94,13 +114,12 @@ fn database_url_is_required_for_the_worker_only() {
     let cli = Cli::try_parse_from(["byok-sidecar"]).unwrap();
     if std::env::var_os("DATABASE_URL").is_none() {
         assert!(matches!(
-            Config::from_args(cli.run),
+            Config::from_cli(cli),
             Err(ConfigError::MissingDatabaseUrl)
         ));
     }
-    let cli =
-        Cli::try_parse_from(["byok-sidecar", "mock-vendor", "--listen", "127.0.0.1:0"]).unwrap();
-    assert!(matches!(cli.command, Some(Command::MockVendor(_))));
+    // The mock vendor is its own crate: production carries no subcommand.
+    assert!(Cli::try_parse_from(["byok-sidecar", "mock-vendor"]).is_err());
 }
 
 #[test]
@@ -142,7 +161,6 @@ fn help_documents_every_setting() {
         "--db-ca-file",
         "BYOK_DB_CA_FILE",
         "certificate chain and host name are verified",
-        "mock-vendor",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }

@@ -1,26 +1,22 @@
-//! `byok-sidecar` (the worker) and `byok-sidecar mock-vendor`.
+//! `byok-sidecar`: the worker, stopped by SIGTERM/SIGINT.
+
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
-use byok_sidecar::config::{Cli, Command, Config};
-use byok_sidecar::{logging, mock, worker};
+use byok_sidecar::config::{Cli, Config};
+use byok_sidecar::{logging, signals, worker};
 use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Some(Command::MockVendor(args)) => match logging::init(args.log_format, "info") {
-            Ok(()) => mock::run(args).await,
-            Err(e) => Err(e),
+    let result = match logging::init(cli.log_format, &cli.log_level) {
+        Ok(()) => match Config::from_cli(cli) {
+            Ok(cfg) => worker::run(cfg, signals::terminated()).await,
+            Err(e) => Err(e.to_string()),
         },
-        None => match logging::init(cli.run.log_format, &cli.run.log_level) {
-            Ok(()) => match Config::from_args(cli.run) {
-                Ok(cfg) => worker::run(cfg).await,
-                Err(e) => Err(e.to_string()),
-            },
-            Err(e) => Err(e),
-        },
+        Err(e) => Err(e),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,15 +1,15 @@
 //! The vendor calls that prove a key works, and the mapping of their
-//! results onto [`byok_core::classify`].
+//! results onto [`crate::classify`].
 
 use std::error::Error as _;
 use std::time::{Duration, Instant};
 
-use byok_core::classify::{classify_response, classify_transport, TransportError, Verdict};
+use crate::classify::{classify_response, classify_transport, TransportError, Verdict};
 use byok_core::Vendor;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use zeroize::Zeroizing;
 
-use crate::config::{Probe, RunArgs};
+use crate::config::{Probe, Target};
 
 /// Anthropic API version header value (required by the real API).
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -17,14 +17,6 @@ pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Bytes of a response body read at most: error bodies are small, and a
 /// misbehaving server must not make the sidecar buffer megabytes.
 const MAX_BODY: usize = 64 * 1024;
-
-/// Where and how one vendor is probed.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub base_url: String,
-    pub probe: Probe,
-    pub model: String,
-}
 
 /// The result of one probe.
 #[derive(Debug)]
@@ -44,7 +36,8 @@ pub struct Prober {
 }
 
 impl Prober {
-    pub fn new(args: &RunArgs, timeout: Duration) -> reqwest::Result<Prober> {
+    /// A prober for the two vendors; `timeout` bounds connect + answer.
+    pub fn new(anthropic: Target, openai: Target, timeout: Duration) -> reqwest::Result<Prober> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -52,19 +45,10 @@ impl Prober {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("byok-sidecar/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let target = |base: &str, probe, model: &str| Target {
-            base_url: base.trim_end_matches('/').to_owned(),
-            probe,
-            model: model.to_owned(),
-        };
         Ok(Prober {
             client,
-            anthropic: target(
-                &args.anthropic_base_url,
-                args.anthropic_probe,
-                &args.anthropic_model,
-            ),
-            openai: target(&args.openai_base_url, args.openai_probe, &args.openai_model),
+            anthropic,
+            openai,
         })
     }
 
@@ -246,6 +230,10 @@ pub fn transport_kind(e: &reqwest::Error) -> TransportError {
         TransportError::Other
     }
 }
+
+#[cfg(test)]
+#[path = "probe_tests.rs"]
+mod against_the_mock;
 
 #[cfg(test)]
 mod tests {

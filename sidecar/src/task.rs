@@ -12,7 +12,7 @@ use crate::breaker::{Admit, State, Transition};
 use crate::db::{self, Finish};
 use crate::job::{Job, Lease};
 use crate::report::Report;
-use crate::worker::Shared;
+use crate::state::Shared;
 
 /// Starts work on a claimed job: probe it, or hand it straight back when
 /// the vendor's breaker is open.
@@ -40,7 +40,7 @@ pub fn dispatch(
         Admit::Probe | Admit::Trial => {
             let trial = admit == Admit::Trial;
             tracker.spawn(async move {
-                process(&sh, job, trial, sh.finish_deadline(claimed_at)).await;
+                process(&sh, job, trial, sh.cfg.finish_deadline(claimed_at)).await;
                 drop(permit);
             });
         }
@@ -190,14 +190,14 @@ async fn hand_back(sh: &Shared, lease: Lease, delay_seconds: u32, label: &'stati
 
 fn on_transition(sh: &Shared, vendor: Vendor, t: Transition, last_detail: Option<&str>) {
     let name = vendor.display_name();
-    let open = sh.cfg.breaker_open.as_secs_f64();
+    let open = sh.cfg.breaker.open_for.as_secs_f64();
     let (state, detail) = match t {
         Transition::Opened { workspaces } => (
             State::Open,
             format!(
                 "{name} looks down: vendor-side failures from {workspaces} workspace(s) within {:.0}s{}; validations \
                  paused for {open:.0}s without spending attempts, then one trial call",
-                sh.cfg.breaker_window.as_secs_f64(),
+                sh.cfg.breaker.window.as_secs_f64(),
                 last_detail.map(|d| format!(" (last: {d})")).unwrap_or_default()
             ),
         ),

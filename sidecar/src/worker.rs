@@ -1,12 +1,12 @@
-//! The worker: claim loop, shutdown sequence, shared state.
+//! The worker: claim loop and shutdown sequence.
 //!
 //! Claims only as many jobs as there are free concurrency slots, so every
 //! claimed job starts at once and nothing sits leased in a local backlog.
 //! Wakes on `NOTIFY byok_jobs`, after a full batch, or after a jittered
 //! poll interval (NOTIFY is only a hint: it is lost while disconnected).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use byok_core::Vendor;
@@ -15,73 +15,20 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::breaker::{Breaker, Settings, State};
+use crate::breaker::State;
 use crate::config::Config;
-use crate::db::{self, Db};
+use crate::db;
 use crate::metrics::Metrics;
 use crate::probe::Prober;
-use crate::report::{self, Report};
+use crate::report;
+use crate::state::Shared;
 use crate::task;
 
-/// Everything the claim loop and the job tasks share.
-pub struct Shared {
-    pub cfg: Config,
-    pub db: Db,
-    pub prober: Prober,
-    pub metrics: Arc<Metrics>,
-    /// Fired when the grace period is over: in-flight calls are abandoned
-    /// and their jobs handed back.
-    pub hard_stop: CancellationToken,
-    breakers: Mutex<HashMap<Vendor, Breaker>>,
-    heartbeats: Mutex<HashMap<Vendor, Instant>>,
-    reports: mpsc::UnboundedSender<Report>,
-}
-
-impl Shared {
-    /// Runs `f` on `vendor`'s breaker (short, synchronous critical section).
-    pub fn breaker<R>(&self, vendor: Vendor, f: impl FnOnce(&mut Breaker) -> R) -> R {
-        let mut map = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
-        let settings = Settings {
-            workspaces: self.cfg.args.breaker_workspaces as usize,
-            window: self.cfg.breaker_window,
-            open_for: self.cfg.breaker_open,
-        };
-        f(map.entry(vendor).or_insert_with(|| Breaker::new(settings)))
-    }
-
-    pub fn breaker_state(&self, vendor: Vendor) -> State {
-        self.breaker(vendor, |b| b.state())
-    }
-
-    /// Queues a report to SQL (processed in order by the reporter task).
-    pub fn report(&self, r: Report) {
-        self.metrics.breaker_state(r.vendor, r.state.gauge());
-        let _ = self.reports.send(r);
-    }
-
-    /// Whether a `closed` heartbeat for `vendor` is due (once a minute).
-    pub fn heartbeat_due(&self, vendor: Vendor) -> bool {
-        let mut map = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        match map.get(&vendor) {
-            Some(last) if now.duration_since(*last) < Duration::from_secs(60) => false,
-            _ => {
-                map.insert(vendor, now);
-                true
-            }
-        }
-    }
-
-    /// Latest moment a job claimed at `claimed_at` can still be finished.
-    pub fn finish_deadline(&self, claimed_at: Instant) -> Instant {
-        claimed_at
-            + Duration::from_secs(u64::from(self.cfg.args.lease_seconds))
-                .saturating_sub(Duration::from_secs(2))
-    }
-}
-
-/// Runs the sidecar until SIGTERM/SIGINT, then shuts down gracefully.
-pub async fn run(cfg: Config) -> Result<(), String> {
+/// Runs the sidecar until `shutdown` resolves (the binary passes SIGTERM /
+/// SIGINT), then shuts down gracefully: no new claims, in-flight jobs get
+/// the grace period, what is left is handed back (`release_job`), and the
+/// function returns once everything has stopped.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let metrics = Arc::new(Metrics::default());
     let server_stop = CancellationToken::new();
     if let Some(addr) = cfg.metrics_addr {
@@ -90,6 +37,12 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
         tracing::info!("metrics on http://{bound}/metrics");
     }
+    let prober = Prober::new(
+        cfg.anthropic.clone(),
+        cfg.openai.clone(),
+        cfg.request_timeout,
+    )
+    .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     let db_stop = CancellationToken::new();
     let wake = Arc::new(Notify::new());
     let db = db::supervise(
@@ -99,29 +52,18 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         metrics.clone(),
         db_stop.clone(),
     );
-    let prober = Prober::new(&cfg.args, cfg.request_timeout)
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     let (tx, rx) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared {
-        cfg,
-        db,
-        prober,
-        metrics,
-        hard_stop: CancellationToken::new(),
-        breakers: Mutex::default(),
-        heartbeats: Mutex::default(),
-        reports: tx,
-    });
+    let shared = Arc::new(Shared::new(cfg, db, prober, metrics, tx));
     for vendor in Vendor::ALL {
         shared.metrics.breaker_state(vendor, State::Closed.gauge());
         let t = shared.prober.target(vendor);
         tracing::info!(vendor = vendor.as_str(), base_url = %t.base_url, probe = ?t.probe, model = %t.model, "vendor probe");
     }
-    tracing::info!(worker = %shared.cfg.worker, concurrency = shared.cfg.args.concurrency, "byok-sidecar started");
+    tracing::info!(worker = %shared.cfg.worker, concurrency = shared.cfg.concurrency, "byok-sidecar started");
     let reporter = tokio::spawn(report::reporter(
         shared.db.clone(),
         shared.cfg.worker.clone(),
-        shared.cfg.breaker_open,
+        shared.cfg.breaker.open_for,
         rx,
     ));
     let depth = tokio::spawn(report::queue_depth_loop(
@@ -140,7 +82,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         claims_stop.clone(),
     ));
 
-    crate::signals::terminated().await;
+    shutdown.await;
     let grace = shared.cfg.grace_period;
     tracing::info!(
         in_flight = tracker.len(),
@@ -175,7 +117,7 @@ async fn claim_loop(
     tracker: TaskTracker,
     stop: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(sh.cfg.args.concurrency as usize));
+    let slots = Arc::new(Semaphore::new(sh.cfg.concurrency as usize));
     let mut failures = 0u32;
     loop {
         let first = tokio::select! {
@@ -192,14 +134,7 @@ async fn claim_loop(
         };
         let Some(client) = client else { continue };
         let wanted = permits.len();
-        match db::claim(
-            &client,
-            &sh.cfg.worker,
-            wanted as u32,
-            sh.cfg.args.lease_seconds,
-        )
-        .await
-        {
+        match db::claim(&client, &sh.cfg.worker, wanted as u32, sh.cfg.lease_seconds).await {
             Ok(jobs) => {
                 failures = 0;
                 let claimed_at = Instant::now();

@@ -22,7 +22,7 @@ fn vendor_state(env: &Env, vendor: &str) -> Option<String> {
 
 #[test]
 fn vendor_outage_opens_then_closes_the_breaker_without_burning_keys() {
-    let mut env = setup(&["byok.max_attempts = 3"], &[]);
+    let mut env = setup(&["byok.max_attempts = 3"], MockOptions::default());
     env.mock.outage("anthropic", 529, 12.0);
     let outage_ends = Instant::now() + Duration::from_secs(12);
     let mut db = env.db();

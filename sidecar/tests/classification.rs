@@ -136,7 +136,10 @@ const CASES: [Case; 20] = [
 fn every_classification_row_end_to_end() {
     let mut env = setup(
         &["byok.max_attempts = 2"],
-        &["--slow-ms", "300", "--hang-seconds", "60"],
+        MockOptions {
+            slow: Duration::from_millis(300),
+            hang: Duration::from_secs(60),
+        },
     );
     let mut db = env.db();
     let mut ids = Vec::new();

@@ -11,7 +11,13 @@ use uuid::Uuid;
 
 #[test]
 fn kill_9_mid_job_is_reclaimed_after_the_lease_and_finished_once() {
-    let mut env = setup(&[], &["--slow-ms", "4000"]);
+    let mut env = setup(
+        &[],
+        MockOptions {
+            slow: Duration::from_millis(4000),
+            ..Default::default()
+        },
+    );
     let mut db = env.db();
     let mut ids = Vec::new();
     for i in 0..10u64 {

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 #[test]
 fn three_sidecars_finish_1000_jobs_exactly_once() {
-    let mut env = setup(&[], &[]);
+    let mut env = setup(&[], MockOptions::default());
     let mut db = env.db();
     let mut ids = Vec::new();
     let mut tx = db.transaction().unwrap();

@@ -9,11 +9,10 @@
 
 use std::time::Duration;
 
-use byok_core::classify::Outcome;
 use byok_core::Vendor;
-use byok_sidecar::config::{Cli, Probe};
+use byok_sidecar::classify::Outcome;
+use byok_sidecar::config::{Probe, Target};
 use byok_sidecar::probe::Prober;
-use clap::Parser;
 use zeroize::Zeroizing;
 
 #[tokio::test]
@@ -28,12 +27,9 @@ async fn probes_conform_to_the_vendor_specs() {
     let keys = [
         (
             Vendor::Anthropic,
-            format!("sk-ant-api03-{}AA", "a".repeat(93)),
+            byok_core::samples::sample_key("anthropic", 1),
         ),
-        (
-            Vendor::OpenAi,
-            format!("sk-proj-{}T3BlbkFJ{}", "b".repeat(74), "c".repeat(74)),
-        ),
+        (Vendor::OpenAi, byok_core::samples::sample_key("openai", 1)),
     ];
     for probe in [Probe::Completion, Probe::Models] {
         let p = if probe == Probe::Completion {
@@ -41,19 +37,12 @@ async fn probes_conform_to_the_vendor_specs() {
         } else {
             "models"
         };
-        let cli = Cli::try_parse_from([
-            "byok-sidecar",
-            "--anthropic-base-url",
-            &anthropic,
-            "--openai-base-url",
-            &openai,
-            "--anthropic-probe",
-            p,
-            "--openai-probe",
-            p,
-        ])
+        let prober = Prober::new(
+            Target::new(&anthropic, probe, "claude-haiku-4-5"),
+            Target::new(&openai, probe, "gpt-4o-mini"),
+            Duration::from_secs(20),
+        )
         .unwrap();
-        let prober = Prober::new(&cli.run, Duration::from_secs(20)).unwrap();
         for (vendor, key) in &keys {
             let r = prober.probe(*vendor, Zeroizing::new(key.clone())).await;
             assert_eq!(

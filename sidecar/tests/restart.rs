@@ -45,7 +45,13 @@ fn assert_all_once(env: &Env, ids: &[Uuid]) {
 
 #[test]
 fn survives_postgres_restart_and_terminated_backends() {
-    let mut env = setup(&[], &["--slow-ms", "300"]);
+    let mut env = setup(
+        &[],
+        MockOptions {
+            slow: Duration::from_millis(300),
+            ..Default::default()
+        },
+    );
     let first = add_batch(&mut env, 60, 0);
     let sc = env.sidecar("survivor", &[("--concurrency", "4")]);
     wait_until("some keys validated", Duration::from_secs(30), || {

@@ -11,7 +11,13 @@ use uuid::Uuid;
 
 #[test]
 fn sigterm_finishes_in_flight_jobs_within_the_grace_period() {
-    let mut env = setup(&[], &["--slow-ms", "2000"]);
+    let mut env = setup(
+        &[],
+        MockOptions {
+            slow: Duration::from_millis(2000),
+            ..Default::default()
+        },
+    );
     let mut db = env.db();
     let mut ids = Vec::new();
     for i in 0..6u64 {
@@ -48,7 +54,13 @@ fn sigterm_finishes_in_flight_jobs_within_the_grace_period() {
 
 #[test]
 fn sigterm_hands_back_what_the_grace_period_cannot_finish() {
-    let mut env = setup(&[], &["--hang-seconds", "120"]);
+    let mut env = setup(
+        &[],
+        MockOptions {
+            hang: Duration::from_secs(120),
+            ..Default::default()
+        },
+    );
     let mut db = env.db();
     let mut ids = Vec::new();
     for i in 0..4u64 {

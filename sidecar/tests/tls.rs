@@ -25,7 +25,7 @@ fn refused(sc: &Sidecar, needle: &str) {
 
 #[test]
 fn require_with_the_ca_file_validates_and_without_it_refuses() {
-    let mut env = setup(&[], &[]);
+    let mut env = setup(&[], MockOptions::default());
     let pki = pki::generate(&["localhost", "127.0.0.1"]);
     pki::enable_ssl(&mut env.cluster, &pki);
     let ca = env.cluster.dir().join("ca.pem");
@@ -76,7 +76,7 @@ fn require_with_the_ca_file_validates_and_without_it_refuses() {
 
 #[test]
 fn a_certificate_for_another_host_is_refused_even_with_the_ca() {
-    let mut env = setup(&[], &[]);
+    let mut env = setup(&[], MockOptions::default());
     let pki = pki::generate(&["db.example.com"]);
     pki::enable_ssl(&mut env.cluster, &pki);
     let ca = env.cluster.dir().join("ca.pem");

@@ -1,45 +1,60 @@
-//! The `byok-sidecar mock-vendor` child process.
+//! The mock vendor (the byok-mock-vendor crate), served in-process on
+//! loopback by its own tokio runtime while the test's thread drives the
+//! sidecar process and the database synchronously.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use super::{http, BIN};
+use byok_mock_vendor::MockHandle;
+use tokio::runtime::Runtime;
 
-/// The mock vendor process.
+use super::http;
+
+/// How the mock's slow and hanging keys behave.
+#[derive(Debug, Clone, Copy)]
+pub struct MockOptions {
+    /// Delay of keys marked `mockslow`.
+    pub slow: Duration,
+    /// How long keys marked `mockhang` hang.
+    pub hang: Duration,
+}
+
+impl Default for MockOptions {
+    /// The `byok-mock-vendor` binary's defaults.
+    fn default() -> Self {
+        MockOptions {
+            slow: Duration::from_millis(1500),
+            hang: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A running mock vendor.
 pub struct Mock {
-    child: Child,
+    // Dropped before the runtime: stops the accept loop.
+    handle: Option<MockHandle>,
+    runtime: Option<Runtime>,
     pub addr: String,
 }
 
 impl Mock {
-    pub(super) fn start(logs: &std::path::Path, extra: &[&str]) -> Mock {
-        let mut child = Command::new(BIN)
-            .args(["mock-vendor", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env_clear()
-            .stdout(Stdio::piped())
-            .stderr(File::create(logs.join("mock.log")).unwrap())
-            .spawn()
-            .expect("spawn mock-vendor");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("mock-vendor printed its address");
-        let addr = line
-            .trim()
-            .strip_prefix("mock-vendor listening on http://")
-            .expect("address line")
-            .to_owned();
-        Mock { child, addr }
+    pub(super) fn start(options: MockOptions) -> Mock {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime for the mock vendor");
+        let handle = runtime
+            .block_on(byok_mock_vendor::start(
+                "127.0.0.1:0".parse().unwrap(),
+                options.slow,
+                options.hang,
+            ))
+            .expect("start the mock vendor");
+        Mock {
+            addr: handle.addr.to_string(),
+            handle: Some(handle),
+            runtime: Some(runtime),
+        }
     }
 
     pub fn anthropic(&self) -> String {
@@ -75,7 +90,10 @@ impl Mock {
 
 impl Drop for Mock {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        drop(self.handle.take());
+        if let Some(rt) = self.runtime.take() {
+            // Connections still hanging (`mockhang`) are abandoned, not awaited.
+            rt.shutdown_background();
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! End-to-end harness: a real cluster with pg_byok (byok-integration), the
-//! real `byok-sidecar mock-vendor` and `byok-sidecar` binaries as child
-//! processes, their output captured to files for the leak check.
+//! mock vendor (byok-mock-vendor, a real HTTP server on loopback, served
+//! in-process) and the real `byok-sidecar` binary as a child process, its
+//! output captured to files for the leak check.
 #![allow(dead_code)]
 
 mod http;
@@ -8,15 +9,16 @@ mod mock;
 pub mod pki;
 
 pub use http::{free_port, http, http_try};
-pub use mock::Mock;
+pub use mock::{Mock, MockOptions};
 
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use byok_core::samples::sample_key_marked;
 use byok_integration::postgres::Client;
-use byok_integration::{sample_key, wait_until, Cluster, ClusterOptions};
+use byok_integration::{wait_until, Cluster, ClusterOptions};
 use uuid::Uuid;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_byok-sidecar");
@@ -30,7 +32,7 @@ pub struct Env {
     pub keys: Vec<String>,
 }
 
-pub fn setup(extra_conf: &[&str], mock_args: &[&str]) -> Env {
+pub fn setup(extra_conf: &[&str], mock: MockOptions) -> Env {
     let cluster = Cluster::start(ClusterOptions {
         extra_conf: extra_conf.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
@@ -41,7 +43,7 @@ pub fn setup(extra_conf: &[&str], mock_args: &[&str]) -> Env {
         .unwrap();
     let logs = cluster.dir().join("e2e-logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let mock = Mock::start(&logs, mock_args);
+    let mock = Mock::start(mock);
     Env {
         mock,
         cluster,
@@ -124,13 +126,7 @@ impl Env {
     /// A key of `vendor` ("anthropic" | "openai") whose body starts with
     /// `marker` (the mock's behaviour selector), unique per `seed`.
     pub fn key(&mut self, vendor: &str, marker: &str, seed: u64) -> String {
-        let mut key = sample_key(vendor, seed);
-        let at = if vendor == "anthropic" {
-            "sk-ant-api03-".len()
-        } else {
-            "sk-proj-".len()
-        };
-        key.replace_range(at..at + marker.len(), marker);
+        let key = sample_key_marked(vendor, marker, seed);
         self.keys.push(key.clone());
         key
     }

@@ -1,0 +1,142 @@
+//! One mock server's shared state, and what every vendor endpoint does
+//! before its own answer (scripted outages, latency, hangs, resets).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use byok_core::Vendor;
+use tokio_util::sync::CancellationToken;
+
+use crate::rules::{self, Behaviour};
+use crate::stats::Stats;
+
+/// Shared, mutable state of one mock server.
+#[derive(Clone)]
+pub struct MockState(Arc<Shared>);
+
+struct Shared {
+    slow: Duration,
+    hang: Duration,
+    outages: Mutex<Vec<(Vendor, u16, Instant)>>,
+    stats: Mutex<Stats>,
+}
+
+impl MockState {
+    pub fn new(slow: Duration, hang: Duration) -> MockState {
+        MockState(Arc::new(Shared {
+            slow,
+            hang,
+            outages: Mutex::default(),
+            stats: Mutex::default(),
+        }))
+    }
+
+    /// Every call to `vendor` answers `status` until `until` (replacing
+    /// any outage scripted before; `None` ends it).
+    pub(crate) fn script_outage(&self, vendor: Vendor, outage: Option<(u16, Instant)>) {
+        let mut outages = self.0.outages.lock().unwrap();
+        outages.retain(|(v, _, _)| *v != vendor);
+        if let Some((status, until)) = outage {
+            outages.push((vendor, status, until));
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.0.stats.lock().unwrap().clone()
+    }
+
+    /// Clears outages and counters.
+    pub(crate) fn reset(&self) {
+        self.0.outages.lock().unwrap().clear();
+        *self.0.stats.lock().unwrap() = Stats::default();
+    }
+
+    fn outage(&self, vendor: Vendor) -> Option<u16> {
+        let now = Instant::now();
+        let mut outages = self.0.outages.lock().unwrap();
+        outages.retain(|(_, _, until)| *until > now);
+        outages
+            .iter()
+            .find(|(v, _, _)| *v == vendor)
+            .map(|(_, s, _)| *s)
+    }
+
+    fn count(&self, vendor: Vendor, behaviour: &'static str) {
+        self.0.stats.lock().unwrap().count(vendor, behaviour);
+    }
+
+    pub(crate) fn malformed(&self, vendor: Vendor, reason: &str) {
+        // A reason can quote what the client sent: redacted like every log line.
+        tracing::warn!(
+            vendor = vendor.as_str(),
+            reason = %byok_core::redact::redact(reason),
+            "malformed request refused"
+        );
+        self.0.stats.lock().unwrap().malformed(vendor, reason);
+    }
+}
+
+/// Per-connection switch a handler flips to reset its TCP connection.
+#[derive(Clone)]
+pub(crate) struct KillSwitch(pub(crate) CancellationToken);
+
+/// What the common gate decided before the vendor-specific answer.
+pub(crate) enum Gate {
+    /// Answer according to this behaviour.
+    Go(Behaviour),
+    /// A vendor-wide outage is scripted: answer this status.
+    Outage(u16),
+}
+
+/// Applies the behaviours both vendors share (outages, latency, hangs,
+/// resets); what is left is answered by the vendor module.
+pub(crate) async fn gate(
+    state: &MockState,
+    kill: &KillSwitch,
+    vendor: Vendor,
+    behaviour: Behaviour,
+) -> Gate {
+    if let Some(status) = state.outage(vendor) {
+        state.count(vendor, "outage");
+        return Gate::Outage(status);
+    }
+    state.count(vendor, behaviour_name(behaviour));
+    match behaviour {
+        Behaviour::Slow => tokio::time::sleep(state.0.slow).await,
+        Behaviour::Hang => tokio::time::sleep(state.0.hang).await,
+        Behaviour::Reset => {
+            kill.0.cancel();
+            std::future::pending::<()>().await;
+        }
+        _ => {}
+    }
+    Gate::Go(behaviour)
+}
+
+fn behaviour_name(b: Behaviour) -> &'static str {
+    rules::MARKERS
+        .iter()
+        .find(|(_, m)| *m == b)
+        .map_or("valid", |(name, _)| name)
+}
+
+/// A JSON answer with the vendor's request-id header.
+pub(crate) fn json(
+    status: u16,
+    id_header: &'static str,
+    request_id: &str,
+    body: serde_json::Value,
+) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (status, axum::Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert(id_header, v);
+    }
+    resp
+}
+
+pub(crate) fn request_id(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}

@@ -1,0 +1,233 @@
+//! The mock, hit over real HTTP: vendor shapes, request checks, faults.
+//! (The sidecar's own prober is classified against it in the sidecar's
+//! tests, which start it in-process.)
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::stats::Stats;
+use super::*;
+use byok_core::samples::sample_key_marked;
+
+/// The header value the real Anthropic API requires.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+fn anthropic_key(marker: &str) -> String {
+    sample_key_marked("anthropic", marker, 1)
+}
+
+fn openai_key(marker: &str) -> String {
+    sample_key_marked("openai", marker, 1)
+}
+
+async fn mock() -> MockHandle {
+    start(
+        "127.0.0.1:0".parse().unwrap(),
+        Duration::from_millis(300),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
+}
+
+async fn stats(m: &MockHandle) -> Stats {
+    reqwest::get(format!("http://{}/__mock/stats", m.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn anthropic_shapes_and_checks() {
+    let m = mock().await;
+    let c = reqwest::Client::new();
+    let url = format!("{}/v1/messages", m.anthropic_base());
+    let body = json!({"model": "claude-haiku-4-5", "max_tokens": 1, "messages": [{"role": "user", "content": "ping"}]});
+    let ok = c
+        .post(&url)
+        .header("x-api-key", anthropic_key(""))
+        .header("anthropic-version", ANTHROPIC_VERSION)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(ok.headers()["request-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("req_"));
+    let v: Value = ok.json().await.unwrap();
+    assert_eq!(
+        (
+            v["type"].as_str(),
+            v["stop_reason"].as_str(),
+            v["usage"]["output_tokens"].as_u64()
+        ),
+        (Some("message"), Some("max_tokens"), Some(1))
+    );
+
+    let no_version = c
+        .post(&url)
+        .header("x-api-key", anthropic_key(""))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_version.status(), 400);
+    let e: Value = no_version.json().await.unwrap();
+    assert_eq!(
+        (e["type"].as_str(), e["error"]["type"].as_str()),
+        (Some("error"), Some("invalid_request_error"))
+    );
+    assert!(e["request_id"].as_str().is_some());
+
+    let send = |b: Value| {
+        c.post(&url)
+            .header("x-api-key", anthropic_key(""))
+            .header("anthropic-version", ANTHROPIC_VERSION)
+            .json(&b)
+            .send()
+    };
+    for bad in [
+        json!({"max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}),
+        json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}),
+        json!({"model": "m", "max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}),
+        json!({"model": "m", "max_tokens": 1, "messages": []}),
+        json!({"model": "m", "max_tokens": 1, "messages": [{"role": "robot", "content": "x"}]}),
+        json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}], "bogus": 1}),
+    ] {
+        assert_eq!(send(bad.clone()).await.unwrap().status(), 400, "{bad}");
+    }
+    let no_key = c
+        .get(format!("{}/v1/models", m.anthropic_base()))
+        .header("anthropic-version", ANTHROPIC_VERSION)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_key.status(), 401);
+    let s = stats(&m).await;
+    assert_eq!(
+        s.malformed.get("anthropic"),
+        Some(&8),
+        "{:?}",
+        s.malformed_reasons
+    );
+}
+
+#[tokio::test]
+async fn openai_shapes_and_checks() {
+    let m = mock().await;
+    let c = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", m.openai_base());
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 1, "messages": [{"role": "user", "content": "ping"}]});
+    let ok = c
+        .post(&url)
+        .bearer_auth(openai_key(""))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(ok.headers().contains_key("x-request-id"));
+    let v: Value = ok.json().await.unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+
+    let models = c
+        .get(format!("{}/v1/models", m.openai_base()))
+        .bearer_auth(openai_key(""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.json::<Value>().await.unwrap()["object"], "list");
+
+    let no_auth = c.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(no_auth.status(), 401);
+    let missing = c
+        .post(&url)
+        .bearer_auth(openai_key(""))
+        .json(&json!({"model": "m"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 400);
+    let e: Value = missing.json().await.unwrap();
+    assert_eq!(
+        (e["error"]["type"].as_str(), e["error"]["param"].as_str()),
+        (Some("invalid_request_error"), Some("messages"))
+    );
+    let not_a_key = c
+        .post(&url)
+        .bearer_auth("hello")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_a_key.status(), 401);
+    let unknown = c
+        .get(format!("{}/v1/nope", m.openai_base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(stats(&m).await.malformed.get("openai"), Some(&2));
+}
+
+#[tokio::test]
+async fn scripted_outage_hits_every_key_then_ends() {
+    let m = mock().await;
+    let c = reqwest::Client::new();
+    let ctl = format!("http://{}/__mock/outage", m.addr);
+    let r = c
+        .post(&ctl)
+        .json(&json!({"vendor": "anthropic", "status": 529, "seconds": 0.6}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let anthropic_models = || {
+        c.get(format!("{}/v1/models", m.anthropic_base()))
+            .header("x-api-key", anthropic_key(""))
+            .header("anthropic-version", ANTHROPIC_VERSION)
+            .send()
+    };
+    assert_eq!(anthropic_models().await.unwrap().status(), 529);
+    let other = c
+        .get(format!("{}/v1/models", m.openai_base()))
+        .bearer_auth(openai_key(""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200, "an outage is per vendor");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(anthropic_models().await.unwrap().status(), 200);
+    assert_eq!(stats(&m).await.requests["anthropic"]["outage"], 1);
+    assert_eq!(
+        c.post(&ctl)
+            .json(&json!({"vendor": "gemini", "status": 500, "seconds": 1}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    let reset = c
+        .post(format!("http://{}/__mock/reset", m.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reset.status(), 200);
+    assert_eq!(stats(&m).await.total("anthropic"), 0);
+}
+
+#[tokio::test]
+async fn refuses_to_listen_beyond_loopback() {
+    assert!(
+        start("0.0.0.0:0".parse().unwrap(), Duration::ZERO, Duration::ZERO)
+            .await
+            .is_err()
+    );
+}
