@@ -65,7 +65,12 @@ fn the_layout_is_supabases_and_pg_byok_belongs_to_the_superuser() {
     ));
     assert!(one_bool(
         &mut su,
-        "SELECT count(*) = 3 FROM pg_trigger WHERE tgrelid = 'public.workspaces'::regclass AND tgname LIKE 'byok_%'"
+        "SELECT array_agg(tgname::text) @> '{byok_revoke_on_delete,byok_revoke_on_update,byok_revoke_on_truncate}'
+           FROM pg_trigger WHERE tgrelid = 'public.workspaces'::regclass"
+    ));
+    assert!(one_bool(
+        &mut su,
+        "SELECT NOT EXISTS (SELECT 1 FROM byok.attachment_problems())"
     ));
 }
 
