@@ -16,10 +16,14 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'byok_consumer') THEN
         CREATE ROLE byok_consumer NOLOGIN;
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'byok_admin') THEN
+        CREATE ROLE byok_admin NOLOGIN;
+    END IF;
 END
 $roles$;
 COMMENT ON ROLE byok_worker IS 'pg_byok: may claim and finish validation jobs (the sidecar), nothing else';
 COMMENT ON ROLE byok_consumer IS 'pg_byok: may call byok.use_key (the backend that makes vendor calls)';
+COMMENT ON ROLE byok_admin IS 'pg_byok: may configure pg_byok (attach, grants) and read its health; never a key';
 
 CREATE TYPE byok.key_info AS (
     id            uuid,
@@ -140,12 +144,7 @@ CREATE TABLE byok.workspace_source (
     status_column   name
 );
 
--- Keys, jobs and the audit trail are data, not extension code: pg_dump must
--- dump them (ciphertext only; the master key is never in the database).
-SELECT pg_catalog.pg_extension_config_dump('byok.keys', '');
-SELECT pg_catalog.pg_extension_config_dump('byok.jobs', '');
-SELECT pg_catalog.pg_extension_config_dump('byok.audit_log', '');
-SELECT pg_catalog.pg_extension_config_dump('byok.member_source', '');
-SELECT pg_catalog.pg_extension_config_dump('byok.workspace_source', '');
-SELECT pg_catalog.pg_extension_config_dump('byok.jobs_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('byok.audit_log_id_seq', '');
+-- pg_byok's tables are deliberately not extension configuration tables
+-- (pg_extension_config_dump): pg_dump would then COPY every column, and a
+-- non-superuser running it (postgres on Supabase) would need SELECT on the
+-- ciphertext. Their rows are backed up with byok.export_archive() (admin.sql).

@@ -36,8 +36,11 @@ GRANT EXECUTE ON FUNCTION
 GRANT SELECT ON byok.vendor_status TO byok_worker, byok_consumer;
 GRANT EXECUTE ON FUNCTION byok.use_key(uuid, text) TO byok_consumer;
 
-CREATE FUNCTION byok.grant_supabase_roles() RETURNS text[]
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- The grants themselves, unchecked: CREATE EXTENSION calls this directly,
+-- since under supautils it runs as the superuser on postgres's behalf (the
+-- caller check would see postgres, not yet a member of byok_admin).
+CREATE FUNCTION byok._grant_supabase_roles() RETURNS text[]
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     granted text[] := '{}';
     member_functions text := 'byok.add_key(uuid, text, text, text), byok.list_keys(uuid),
@@ -46,7 +49,6 @@ DECLARE
     key_columns text := '(id, workspace_id, vendor, label, masked, status, status_detail,
         created_at, validated_at, revoked_at)';
 BEGIN
-    PERFORM byok._require_superuser('grant pg_byok to Supabase''s roles');
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
         -- anon reaches nothing, even if defaults elsewhere granted it something.
         REVOKE ALL ON ALL FUNCTIONS IN SCHEMA byok FROM anon;
@@ -59,6 +61,9 @@ BEGIN
         REVOKE ALL ON ALL TABLES IN SCHEMA byok FROM authenticated;
         GRANT USAGE ON SCHEMA byok TO authenticated;
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO authenticated', member_functions);
+        -- The 'key activity' of a settings page: RLS (authorize) limits it
+        -- to the caller's own workspaces.
+        GRANT SELECT ON byok.audit_log TO authenticated;
         granted := granted || 'authenticated'::text;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
@@ -75,11 +80,49 @@ BEGIN
         GRANT EXECUTE ON FUNCTION byok.use_key(uuid, text) TO service_role;
         granted := granted || 'service_role'::text;
     END IF;
+    -- Supabase's layout: postgres is the database owner but no superuser,
+    -- and runs the developer's migrations. It configures pg_byok through
+    -- byok_admin (which reads no key).
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'postgres' AND NOT rolsuper)
+       AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname IN ('anon', 'authenticated', 'service_role')) THEN
+        GRANT byok_admin TO postgres;
+        granted := granted || 'postgres (byok_admin)'::text;
+    END IF;
     RETURN granted;
 END
 $$;
+
+CREATE FUNCTION byok.grant_supabase_roles() RETURNS text[]
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM byok._require_admin('grant pg_byok to Supabase''s roles');
+    RETURN byok._grant_supabase_roles();
+END
+$$;
+REVOKE ALL ON FUNCTION byok._grant_supabase_roles() FROM PUBLIC;
 REVOKE ALL ON FUNCTION byok.grant_supabase_roles() FROM PUBLIC;
 COMMENT ON FUNCTION byok.grant_supabase_roles() IS
     'Grant anon/authenticated/service_role exactly what pg_byok allows them; run after creating those roles';
 
-SELECT byok.grant_supabase_roles();
+-- byok_admin: configuration and health, never a key. The trigger
+-- functions are granted so that a dump restored by the database owner can
+-- re-create the workspace triggers (a trigger function cannot be called
+-- directly). SELECT on byok.keys leaves out the ciphertext column.
+GRANT USAGE ON SCHEMA byok TO byok_admin;
+GRANT EXECUTE ON FUNCTION
+    byok.attach_members(regclass, name, name),
+    byok.detach_members(),
+    byok.attach_workspaces(regclass, name, name),
+    byok.detach_workspaces(regclass),
+    byok.grant_supabase_roles(),
+    byok.master_key_status(),
+    byok.queue_depth(),
+    byok._on_workspace_removed(),
+    byok._on_workspace_update(),
+    byok._on_workspace_insert()
+  TO byok_admin;
+GRANT SELECT ON byok.vendor_status, byok.audit_log, byok.member_source, byok.workspace_source TO byok_admin;
+GRANT SELECT (id, workspace_id, vendor, label, masked, status, status_detail, created_at, validated_at,
+              revoked_at, revoked_cause) ON byok.keys TO byok_admin;
+
+SELECT byok._grant_supabase_roles();

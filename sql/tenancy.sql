@@ -37,16 +37,6 @@ $$;
 COMMENT ON FUNCTION byok.authorize(uuid) IS
     'May the caller act on this workspace? Superuser/service_role: yes; others: per byok.attach_members';
 
-CREATE FUNCTION byok._require_superuser(what text) RETURNS void
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = byok._caller() AND rolsuper) THEN
-        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = format('only a superuser may %s', what),
-            HINT = 'Run it as the database owner in a migration.';
-    END IF;
-END
-$$;
-
 -- The app tables pg_byok reads must be plain tables: not views, foreign or
 -- partitioned tables (their rows are elsewhere, and so would be the code
 -- that reading them runs). Reads run as the table's owner anyway
@@ -126,8 +116,9 @@ RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
-    PERFORM byok._require_superuser('configure workspace membership');
+    PERFORM byok._require_admin('configure workspace membership');
     PERFORM byok._require(attach_members.member_table, 'member_table');
+    PERFORM byok._require_table_privilege(attach_members.member_table, 'SELECT');
     PERFORM byok._uuid_column_type(attach_members.member_table, attach_members.workspace_column, 'workspace id');
     PERFORM byok._uuid_column_type(attach_members.member_table, attach_members.user_column, 'user id');
     INSERT INTO byok.member_source (member_table, workspace_column, user_column)
@@ -143,7 +134,7 @@ COMMENT ON FUNCTION byok.attach_members(regclass, name, name) IS
 CREATE FUNCTION byok.detach_members() RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM byok._require_superuser('configure workspace membership');
+    PERFORM byok._require_admin('configure workspace membership');
     DELETE FROM byok.member_source;
 END
 $$;
@@ -305,8 +296,9 @@ DECLARE
     status_type text;
     problem text;
 BEGIN
-    PERFORM byok._require_superuser('attach a workspace table');
+    PERFORM byok._require_admin('attach a workspace table');
     PERFORM byok._require(attach_workspaces.workspace_table, 'workspace_table');
+    PERFORM byok._require_table_privilege(attach_workspaces.workspace_table, 'TRIGGER');
     PERFORM byok._lock_app_table(attach_workspaces.workspace_table);
     PERFORM byok._uuid_column_type(attach_workspaces.workspace_table, attach_workspaces.id_column, 'id_column');
     problem := byok._inheritance_problem(attach_workspaces.workspace_table);
@@ -382,8 +374,9 @@ CREATE FUNCTION byok.detach_workspaces(workspace_table regclass) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
-    PERFORM byok._require_superuser('detach a workspace table');
+    PERFORM byok._require_admin('detach a workspace table');
     PERFORM byok._require(detach_workspaces.workspace_table, 'workspace_table');
+    PERFORM byok._require_table_privilege(detach_workspaces.workspace_table, 'TRIGGER');
     -- A dropped table took its triggers with it; only its row is left.
     IF byok._lock_app_table(detach_workspaces.workspace_table) THEN
         PERFORM byok._drop_workspace_triggers(detach_workspaces.workspace_table);

@@ -27,6 +27,7 @@ pgrx::extension_sql_file!(
     name = "tenancy",
     requires = ["internals"]
 );
+pgrx::extension_sql_file!("../sql/admin.sql", name = "admin", requires = ["internals"]);
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -127,5 +128,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(col, Some(false));
+        // Members read their workspaces' audit trail (RLS limits the rows).
+        let audit = Spi::get_one::<bool>(
+            "SELECT has_table_privilege('authenticated', 'byok.audit_log', 'SELECT')
+                AND NOT has_table_privilege('anon', 'byok.audit_log', 'SELECT')",
+        )
+        .unwrap();
+        assert_eq!(audit, Some(true));
     }
 }

@@ -57,6 +57,9 @@ pub struct ClusterOptions {
     /// (`BYOK_PG_BIN` or [`PG_BIN`]). A private install root
     /// ([`crate::PgRoot`]) serves the extension files placed in it.
     pub pg_bin_dir: Option<PathBuf>,
+    /// The bootstrap superuser's name (initdb -U), used by `client()` and
+    /// `psql()`. Default `postgres`; `supabase_admin` for a Supabase layout.
+    pub superuser: String,
 }
 
 impl Default for ClusterOptions {
@@ -68,6 +71,7 @@ impl Default for ClusterOptions {
             master_key_env: None,
             create_extension: true,
             pg_bin_dir: None,
+            superuser: "postgres".to_string(),
         }
     }
 }
@@ -84,6 +88,7 @@ pub struct Cluster {
     port: u16,
     running: bool,
     bin_dir: PathBuf,
+    superuser: String,
 }
 
 fn is_root() -> bool {
@@ -248,6 +253,7 @@ impl Cluster {
             port: free_port(),
             running: false,
             bin_dir: opts.pg_bin_dir.clone().unwrap_or_else(|| pg_bin("")),
+            superuser: opts.superuser.clone(),
             dir,
         };
         // From here on a panic drops `c`, which stops the server and removes the dir.
@@ -291,7 +297,15 @@ impl Cluster {
         let mut cmd = Command::new(self.bin("initdb"));
         cmd.arg("-D")
             .arg(&self.data)
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                &self.superuser,
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
             .args(["--no-instructions", "--no-sync"])
             .current_dir(&self.dir);
         self.run_checked("initdb", &mut cmd);
@@ -378,7 +392,7 @@ impl Cluster {
     }
 
     fn bootstrap(&self, create_extension: bool) {
-        let mut admin = self.connect("postgres", "postgres");
+        let mut admin = self.connect(&self.superuser, "postgres");
         admin
             .batch_execute("CREATE DATABASE byok")
             .unwrap_or_else(|e| self.fail("CREATE DATABASE byok", &e));
@@ -441,8 +455,10 @@ impl Cluster {
     }
 
     /// A new session as superuser `postgres` in database `byok`.
+    /// A new session as the superuser (`postgres` unless
+    /// [`ClusterOptions::superuser`] says otherwise) in database `byok`.
     pub fn client(&self) -> postgres::Client {
-        self.connect("postgres", "byok")
+        self.connect(&self.superuser, "byok")
     }
 
     /// A new session as `role` (a LOGIN role the test created; trust auth).
@@ -561,7 +577,7 @@ impl Cluster {
             .arg(&self.dir)
             .arg("-p")
             .arg(self.port.to_string())
-            .args(["-U", "postgres", "-d", "byok"])
+            .args(["-U", &self.superuser, "-d", "byok"])
             .args(extra)
             .args(["-f", "-"])
             .current_dir(&self.dir);

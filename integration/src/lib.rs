@@ -25,6 +25,7 @@ pub mod repo_docs;
 mod scan;
 pub mod sidecar;
 mod sql;
+mod supabase;
 
 /// The workspace's one set of sample-key builders (byok-core, feature `samples`).
 pub use byok_core::samples::{random_master_key_hex, sample_key, sample_key_marked};
@@ -33,6 +34,7 @@ pub use cluster::{pg_bin, Cluster, ClusterOptions, PG_BIN};
 pub use pgroot::PgRoot;
 pub use scan::{grep_dir, search, Hit};
 pub use sql::{sqlstate, wait_until};
+pub use supabase::{supabase_project, SupabaseCluster, SupabaseOptions, SupabaseProject};
 
 /// Re-exported so tests use the same `postgres` crate version as the harness.
 pub use postgres;
