@@ -413,9 +413,16 @@ mod tests {
         let mut start = b"key ".to_vec();
         start.extend_from_slice("…qqAA".as_bytes());
         assert!(out.starts_with(&start), "the key is masked as one region");
-        assert!(out.contains(&0xfe), "the invalid byte after the key is kept");
+        assert!(
+            out.contains(&0xfe),
+            "the invalid byte after the key is kept"
+        );
         assert!(out.ends_with(b"end"));
-        for piece in [&head[head.len() - 12..], &tail[..12], &tail[tail.len() - 12..]] {
+        for piece in [
+            &head[head.len() - 12..],
+            &tail[..12],
+            &tail[tail.len() - 12..],
+        ] {
             assert!(
                 !out.windows(12).any(|w| w == piece.as_bytes()),
                 "a 12-character piece of the key survived"
