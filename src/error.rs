@@ -21,6 +21,10 @@ pub enum ExtError {
     /// Neither `byok.master_key_file` nor `BYOK_MASTER_KEY` was provided.
     #[error("no master key is configured")]
     NoMasterKey,
+    /// A text argument is not UTF-8 (a database in another encoding; pg_byok
+    /// refuses to be installed in one, but the library may be called there).
+    #[error("{what} is not valid UTF-8 text")]
+    NotUtf8 { what: &'static str },
 }
 
 impl ExtError {
@@ -37,6 +41,7 @@ impl ExtError {
             ExtError::KeyringFile { .. } | ExtError::NoMasterKey => {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
+            ExtError::NotUtf8 { .. } => PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
         }
     }
 
@@ -51,6 +56,11 @@ impl ExtError {
             ExtError::NoMasterKey => Some(
                 "Set byok.master_key_file in postgresql.conf (or BYOK_MASTER_KEY in the server's \
                  environment) and restart the server."
+                    .into(),
+            ),
+            ExtError::NotUtf8 { .. } => Some(
+                "pg_byok works in UTF8 databases only: create the database with ENCODING 'UTF8' \
+                 (or dump this one and restore it into a UTF8 database)."
                     .into(),
             ),
         }
