@@ -23,6 +23,21 @@ fn max_attempts() -> i32 {
     crate::settings::MAX_ATTEMPTS.get()
 }
 
+/// Seconds between scheduled re-checks of an active key (setting
+/// `byok.revalidate_interval`; 0: never).
+#[pg_extern(stable, name = "_revalidate_interval")]
+#[search_path(pg_catalog, pg_temp)]
+fn revalidate_interval() -> i32 {
+    crate::settings::REVALIDATE_INTERVAL.get()
+}
+
+/// Days without use that make an active key idle (setting `byok.idle_key_days`).
+#[pg_extern(stable, name = "_idle_key_days")]
+#[search_path(pg_catalog, pg_temp)]
+fn idle_key_days() -> i32 {
+    crate::settings::IDLE_KEY_DAYS.get()
+}
+
 /// The statuses that revoke a workspace's keys (setting `byok.inactive_statuses`).
 #[pg_extern(stable, name = "_inactive_statuses")]
 #[search_path(pg_catalog, pg_temp)]

@@ -3,13 +3,18 @@
 //!
 //! CREATE EXTENSION runs: bootstrap (roles, type, tables) → the Rust
 //! functions → internals → api / queue / tenancy (declared in api.rs,
-//! queue.rs, tenancy.rs) → grants (last: it grants what the others created).
+//! queue.rs, tenancy.rs) → health (needs api and queue) → grants (last: it grants what the others created).
 
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 pgrx::extension_sql_file!(
     "../sql/internals.sql",
     name = "internals",
     requires = ["bootstrap"]
+);
+pgrx::extension_sql_file!(
+    "../sql/health.sql",
+    name = "health",
+    requires = ["api", "queue"]
 );
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 

@@ -197,7 +197,7 @@ fn the_checks_catch_every_kind_of_drift() {
         .find(|r| r.name == "byok.keys")
         .unwrap();
     t.readers.insert("anon".into());
-    expect(cat, "- Readers: `anon`, `authenticated`, `service_role`");
+    expect(cat, "- Readers: `anon`, `service_role`");
 
     let mut cat = same.clone();
     cat.created_roles.insert("byok_auditor".into());
