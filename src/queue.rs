@@ -60,6 +60,17 @@ mod tests {
     }
 
     #[pg_test]
+    fn revalidation_settings_default_to_a_day_and_ninety_days() {
+        let every = Spi::get_one::<i32>("SELECT byok._revalidate_interval()").unwrap();
+        assert_eq!(every, Some(86_400));
+        Spi::run("SET byok.revalidate_interval = '2h'").unwrap();
+        let every = Spi::get_one::<i32>("SELECT byok._revalidate_interval()").unwrap();
+        assert_eq!(every, Some(7_200), "units are accepted");
+        let idle = Spi::get_one::<i32>("SELECT byok._idle_key_days()").unwrap();
+        assert_eq!(idle, Some(90));
+    }
+
+    #[pg_test]
     fn inactive_statuses_default_list() {
         let list = Spi::get_one::<Vec<String>>("SELECT byok._inactive_statuses()")
             .unwrap()
