@@ -163,6 +163,13 @@ BEGIN
             HINT = 'Ask the workspace to add a key with byok.add_key.';
     END IF;
     plain := byok._open(k.id, k.workspace_id, k.vendor, k.ciphertext);
+    -- last_used_at (byok.key_health's idle keys) to the minute: one write a
+    -- minute per key, not one per call, so a busy key's callers meet its
+    -- row lock at most once a minute.
+    IF k.last_used_at IS NULL OR k.last_used_at < clock_timestamp() - interval '1 minute' THEN
+        UPDATE byok.keys SET last_used_at = clock_timestamp()
+         WHERE id = k.id AND (last_used_at IS NULL OR last_used_at < clock_timestamp() - interval '1 minute');
+    END IF;
     PERFORM byok._audit('use', k.id, k.workspace_id, k.vendor, 'ok', NULL);
     RETURN plain;
 END

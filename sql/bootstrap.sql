@@ -35,7 +35,11 @@ CREATE TYPE byok.key_info AS (
     status_detail text,
     created_at    timestamptz,
     validated_at  timestamptz,
-    revoked_at    timestamptz
+    revoked_at    timestamptz,
+    -- The vendor account the key belongs to, as the vendor named it in its
+    -- last successful validation (anthropic-organization-id, or
+    -- openai-organization[/openai-project]); NULL when it named none.
+    vendor_account text
 );
 
 CREATE TABLE byok.keys (
@@ -56,6 +60,13 @@ CREATE TABLE byok.keys (
     revoked_at    timestamptz,
     -- Why the key was revoked: user, rotated, workspace_deleted, workspace_status.
     revoked_cause text,
+    -- Key health (sql/health.sql): when the last validation verdict came and
+    -- what it was (valid, invalid, unverified), when use_key last served the
+    -- key (to the minute), and the vendor account (see key_info).
+    checked_at    timestamptz,
+    check_outcome text CHECK (check_outcome IN ('valid', 'invalid', 'unverified')),
+    last_used_at  timestamptz,
+    vendor_account text CHECK (char_length(vendor_account) <= 200),
     CONSTRAINT keys_dead_keys_hold_no_ciphertext
         CHECK ((status IN ('invalid', 'revoked')) = (ciphertext IS NULL)),
     CONSTRAINT keys_revoked_has_time CHECK ((status = 'revoked') = (revoked_at IS NOT NULL))
@@ -67,6 +78,10 @@ COMMENT ON TABLE byok.keys IS 'pg_byok: workspace-scoped vendor keys, sealed; re
 CREATE UNIQUE INDEX keys_one_active_per_vendor ON byok.keys (workspace_id, vendor)
     WHERE status = 'active';
 CREATE INDEX keys_by_workspace ON byok.keys (workspace_id, created_at);
+-- Active keys by when they were last checked: byok.enqueue_due_revalidations
+-- reads the oldest few on every timer tick.
+CREATE INDEX keys_active_by_check ON byok.keys ((coalesce(checked_at, validated_at, created_at)))
+    WHERE status = 'active';
 
 ALTER TABLE byok.keys ENABLE ROW LEVEL SECURITY;
 ALTER TABLE byok.keys FORCE ROW LEVEL SECURITY;
@@ -103,7 +118,8 @@ CREATE TABLE byok.audit_log (
     actor_role   text NOT NULL,
     actor_sub    text,
     action       text NOT NULL
-                 CHECK (action IN ('add', 'validate', 'use', 'revoke', 'rotate', 'revalidate')),
+                 CHECK (action IN ('add', 'validate', 'use', 'revoke', 'rotate', 'revalidate',
+                                   'report_failure')),
     key_id       uuid,
     workspace_id uuid,
     vendor       text,

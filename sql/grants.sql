@@ -27,7 +27,7 @@ REVOKE ALL ON SCHEMA byok FROM PUBLIC;
 GRANT USAGE ON SCHEMA byok TO byok_worker, byok_consumer;
 GRANT EXECUTE ON FUNCTION
     byok.claim_jobs(text, integer, integer),
-    byok.finish_job(bigint, uuid, text, text, integer, integer),
+    byok.finish_job(bigint, uuid, text, text, integer, integer, text),
     byok.release_job(bigint, uuid, integer),
     byok.defer_jobs(text, integer),
     byok.report_vendor_status(text, text, text, text),
@@ -45,7 +45,7 @@ DECLARE
     granted text[] := '{}';
     member_functions text := 'byok.add_key(uuid, text, text, text), byok.list_keys(uuid),
         byok.revoke_key(uuid, text), byok.revalidate_key(uuid), byok.mask(text), byok.redact(text),
-        byok.authorize(uuid)';
+        byok.authorize(uuid), byok.key_health(uuid)';
     key_columns text := '(id, workspace_id, vendor, label, masked, status, status_detail,
         created_at, validated_at, revoked_at)';
 BEGIN
@@ -77,7 +77,8 @@ BEGIN
         -- Supabase creates service_role NOINHERIT: membership alone would not
         -- carry byok_consumer's EXECUTE, so use_key is granted directly too.
         GRANT byok_consumer TO service_role;
-        GRANT EXECUTE ON FUNCTION byok.use_key(uuid, text) TO service_role;
+        GRANT EXECUTE ON FUNCTION byok.use_key(uuid, text),
+            byok.report_key_failure(uuid, text, integer, text) TO service_role;
         granted := granted || 'service_role'::text;
     END IF;
     -- Supabase's layout: postgres is the database owner but no superuser,

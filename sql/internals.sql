@@ -67,7 +67,7 @@ $$;
 CREATE FUNCTION byok._info(k byok.keys) RETURNS byok.key_info
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT ROW(k.id, k.workspace_id, k.vendor, k.label, k.masked, k.status, k.status_detail,
-               k.created_at, k.validated_at, k.revoked_at)::byok.key_info
+               k.created_at, k.validated_at, k.revoked_at, k.vendor_account)::byok.key_info
 $$;
 
 -- 22004 with the argument's name when a required argument is NULL.

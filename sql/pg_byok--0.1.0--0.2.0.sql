@@ -906,3 +906,431 @@ GRANT SELECT (id, workspace_id, vendor, label, masked, status, status_detail, cr
               revoked_at, revoked_cause) ON byok.keys TO byok_admin;
 
 SELECT byok._grant_supabase_roles();
+
+-- lifecycle: revalidation, failure reports, key health, events
+-- (sql/health.sql, and the columns, constraint and functions it changes in
+-- bootstrap.sql, internals.sql, api.sql, queue.sql and grants.sql; each
+-- function here is the whole of its fresh-install text)
+
+-- Key health columns, in bootstrap.sql's order. A key validated under 0.1.0
+-- counts as checked when it was validated, so the schedule starts there.
+ALTER TABLE byok.keys
+    ADD COLUMN checked_at    timestamptz,
+    ADD COLUMN check_outcome text CHECK (check_outcome IN ('valid', 'invalid', 'unverified')),
+    ADD COLUMN last_used_at  timestamptz,
+    ADD COLUMN vendor_account text CHECK (char_length(vendor_account) <= 200);
+UPDATE byok.keys SET checked_at = validated_at, check_outcome = 'valid' WHERE validated_at IS NOT NULL;
+CREATE INDEX keys_active_by_check ON byok.keys ((coalesce(checked_at, validated_at, created_at)))
+    WHERE status = 'active';
+
+-- The audit trail records failure reports; same constraint name as a fresh install.
+ALTER TABLE byok.audit_log
+    DROP CONSTRAINT audit_log_action_check,
+    ADD CONSTRAINT audit_log_action_check CHECK (action IN ('add', 'validate', 'use', 'revoke', 'rotate', 'revalidate',
+                                   'report_failure'));
+
+-- key_info shows the vendor account; _info builds the longer row.
+ALTER TYPE byok.key_info ADD ATTRIBUTE vendor_account text;
+CREATE OR REPLACE FUNCTION byok._info(k byok.keys) RETURNS byok.key_info
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ROW(k.id, k.workspace_id, k.vendor, k.label, k.masked, k.status, k.status_detail,
+               k.created_at, k.validated_at, k.revoked_at, k.vendor_account)::byok.key_info
+$$;
+
+-- use_key records last_used_at.
+CREATE OR REPLACE FUNCTION byok.use_key(workspace_id uuid, vendor text) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v text;
+    k byok.keys;
+    plain text;
+BEGIN
+    PERFORM byok._require(use_key.workspace_id, 'workspace_id');
+    PERFORM byok._require(use_key.vendor, 'vendor');
+    IF NOT byok._caller_has_role('byok_consumer') THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'permission denied: byok.use_key is for the byok_consumer role',
+            HINT = 'Call it from your backend as a role granted byok_consumer (service_role on Supabase).';
+    END IF;
+    v := byok._vendor(use_key.vendor);
+    SELECT * INTO k FROM byok.keys
+     WHERE workspace_id = use_key.workspace_id AND vendor = v AND status = 'active';
+    IF NOT FOUND THEN
+        IF EXISTS (SELECT 1 FROM byok.keys WHERE workspace_id = use_key.workspace_id
+                      AND vendor = v AND status = 'pending') THEN
+            RAISE EXCEPTION USING ERRCODE = 'P0002',
+                MESSAGE = format('no active %s key for workspace %s', v, use_key.workspace_id),
+                HINT = 'A key is pending validation; retry once the sidecar has validated it.';
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = 'P0002',
+            MESSAGE = format('no active %s key for workspace %s', v, use_key.workspace_id),
+            HINT = 'Ask the workspace to add a key with byok.add_key.';
+    END IF;
+    plain := byok._open(k.id, k.workspace_id, k.vendor, k.ciphertext);
+    -- last_used_at (byok.key_health's idle keys) to the minute: one write a
+    -- minute per key, not one per call, so a busy key's callers meet its
+    -- row lock at most once a minute.
+    IF k.last_used_at IS NULL OR k.last_used_at < clock_timestamp() - interval '1 minute' THEN
+        UPDATE byok.keys SET last_used_at = clock_timestamp()
+         WHERE id = k.id AND (last_used_at IS NULL OR last_used_at < clock_timestamp() - interval '1 minute');
+    END IF;
+    PERFORM byok._audit('use', k.id, k.workspace_id, k.vendor, 'ok', NULL);
+    RETURN plain;
+END
+$$;
+
+-- finish_job takes vendor_account (last, defaulted: an 0.1.0 sidecar's
+-- six-argument call still resolves) and records checked_at/check_outcome.
+-- A seventh argument is a new signature, so the old function goes.
+DROP FUNCTION byok.finish_job(bigint, uuid, text, text, integer, integer);
+CREATE FUNCTION byok.finish_job(job_id bigint, lease_token uuid, outcome text, detail text DEFAULT NULL,
+                                http_status integer DEFAULT NULL, retry_after_seconds integer DEFAULT NULL,
+                                vendor_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    verdict text := lower(btrim(finish_job.outcome));
+    note text;
+    account text := byok._clean_text(finish_job.vendor_account, 'vendor_account', 200);
+    swap_note text;
+    j byok.jobs;
+    k byok.keys;
+    current_active byok.keys;
+BEGIN
+    PERFORM byok._require(finish_job.job_id, 'job_id');
+    PERFORM byok._require(finish_job.lease_token, 'lease_token');
+    PERFORM byok._require(finish_job.outcome, 'outcome');
+    IF verdict NOT IN ('valid', 'invalid', 'retry', 'unverified') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('unknown outcome %L', left(byok.redact(finish_job.outcome), 40)),
+            HINT = 'outcome is one of valid, invalid, retry, unverified.';
+    END IF;
+    IF finish_job.http_status IS NOT NULL AND finish_job.http_status NOT BETWEEN 100 AND 599 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'http_status must be between 100 and 599',
+            HINT = 'Pass the vendor''s HTTP status, or NULL when there was no answer.';
+    END IF;
+    IF finish_job.retry_after_seconds IS NOT NULL
+       AND finish_job.retry_after_seconds NOT BETWEEN 0 AND 86400 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'retry_after_seconds must be between 0 and 86400',
+            HINT = 'Pass the vendor''s Retry-After in seconds, or NULL.';
+    END IF;
+    -- Redact before cutting: a key cut in half would no longer look like one.
+    -- (The 64 kB bound only stops a runaway body; it is far past the cut.)
+    note := left(byok.redact(nullif(btrim(left(finish_job.detail, 65536)), '')), 1000);
+
+    SELECT * INTO j FROM byok.jobs WHERE id = finish_job.job_id FOR UPDATE;
+    IF NOT FOUND OR j.lease_token IS DISTINCT FROM finish_job.lease_token THEN
+        RAISE NOTICE 'pg_byok: lease token for job % is stale; nothing changed', finish_job.job_id
+            USING HINT = 'The lease ran out and the job was claimed again or finished elsewhere.';
+        RETURN 'stale';
+    END IF;
+    SELECT * INTO k FROM byok.keys WHERE id = j.key_id FOR UPDATE;
+
+    IF verdict = 'retry' AND j.attempts >= byok._max_attempts() THEN
+        verdict := 'unverified';
+        note := left(format('the vendor could not be reached after %s attempts%s', j.attempts,
+                            coalesce(': ' || note, '')), 1000);
+    END IF;
+
+    IF verdict = 'retry' THEN
+        UPDATE byok.jobs
+           SET run_after = clock_timestamp() + make_interval(
+                   secs => byok._retry_delay(j.attempts, finish_job.retry_after_seconds)),
+               lease_token = NULL, leased_by = NULL, last_error = note
+         WHERE id = j.id;
+        RETURN k.status;
+    END IF;
+
+    DELETE FROM byok.jobs WHERE id = j.id;
+
+    IF verdict = 'valid' THEN
+        -- Two keys of one (workspace, vendor) validated at the same moment
+        -- must not both find "no active key": serialise their activation.
+        PERFORM pg_advisory_xact_lock(hashtextextended('byok.activate:' || k.workspace_id || ':' || k.vendor, 0));
+        SELECT * INTO current_active FROM byok.keys
+         WHERE workspace_id = k.workspace_id AND vendor = k.vendor AND status = 'active' AND id <> k.id
+         FOR UPDATE;
+        IF FOUND AND current_active.created_at > k.created_at THEN
+            -- A newer key is already serving: this older one is superseded at once.
+            PERFORM byok._revoke(ARRAY[k.id], NULL,
+                format('rotated: superseded by newer key %s', current_active.masked), 'rotated');
+        ELSE
+            IF FOUND THEN
+                -- A replacement from another vendor account is usually a
+                -- paste from the wrong console: flagged, never refused.
+                IF account IS NOT NULL AND current_active.vendor_account IS NOT NULL
+                   AND account <> current_active.vendor_account THEN
+                    swap_note := format('vendor account changed: %s replaces key %s of account %s',
+                                        account, current_active.masked, current_active.vendor_account);
+                END IF;
+                PERFORM byok._revoke(ARRAY[current_active.id], NULL,
+                    format('rotated: superseded by key %s', k.masked), 'rotated');
+                PERFORM byok._audit('rotate', k.id, k.workspace_id, k.vendor,
+                    CASE WHEN swap_note IS NULL THEN 'active' ELSE 'account_changed' END,
+                    concat_ws('; ', format('replaces key %s', current_active.masked), swap_note));
+            END IF;
+            UPDATE byok.keys SET status = 'active', validated_at = clock_timestamp(),
+                   status_detail = left(concat_ws('; ', swap_note, note), 1000),
+                   vendor_account = coalesce(account, vendor_account)
+             WHERE id = k.id;
+        END IF;
+    ELSIF verdict = 'invalid' THEN
+        UPDATE byok.keys SET status = 'invalid', ciphertext = NULL,
+               status_detail = coalesce(note, 'the vendor rejected the key')
+         WHERE id = k.id;
+    ELSIF k.status <> 'active' THEN  -- unverified; an active key being re-checked keeps serving
+        UPDATE byok.keys SET status = 'unverified', status_detail = note WHERE id = k.id;
+    END IF;
+
+    -- Key health: when this check ended and how (byok.key_health, and the
+    -- schedule of byok.enqueue_due_revalidations).
+    UPDATE byok.keys SET checked_at = clock_timestamp(), check_outcome = verdict
+     WHERE id = k.id
+    RETURNING * INTO k;
+    PERFORM byok._audit('validate', k.id, k.workspace_id, k.vendor, verdict,
+        concat_ws(' ', 'http ' || finish_job.http_status, note,
+                  '(account ' || account || ')'));
+    RETURN k.status;
+END
+$$;
+COMMENT ON FUNCTION byok.finish_job(bigint, uuid, text, text, integer, integer, text) IS
+    'Record a validation verdict under a lease token; returns the key''s new status, or ''stale''';
+REVOKE ALL ON FUNCTION byok.finish_job(bigint, uuid, text, text, integer, integer, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION byok.finish_job(bigint, uuid, text, text, integer, integer, text) TO byok_worker;
+
+-- The settings' readers (Rust, declared as pgrx declares them).
+CREATE FUNCTION byok._revalidate_interval() RETURNS integer
+STRICT STABLE SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'revalidate_interval_wrapper';
+CREATE FUNCTION byok._idle_key_days() RETURNS integer
+STRICT STABLE SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'idle_key_days_wrapper';
+
+-- sql/health.sql as a fresh install runs it.
+-- Queue a validation of a live key now, keeping a queued job's attempt count
+-- and leaving a job under a live lease to its worker (as revalidate_key).
+CREATE FUNCTION byok._queue_check(key_id uuid) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    INSERT INTO byok.jobs (key_id) VALUES (_queue_check.key_id)
+    ON CONFLICT (key_id) DO UPDATE
+        SET run_after = clock_timestamp(), lease_token = NULL, leased_by = NULL
+        WHERE byok.jobs.lease_token IS NULL OR byok.jobs.run_after <= clock_timestamp();
+    PERFORM pg_notify('byok_jobs', '');
+END
+$$;
+
+CREATE FUNCTION byok.report_key_failure(workspace_id uuid, vendor text, http_status integer,
+                                        detail text DEFAULT NULL)
+RETURNS byok.key_info
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v text;
+    k byok.keys;
+    note text;
+BEGIN
+    PERFORM byok._require(report_key_failure.workspace_id, 'workspace_id');
+    PERFORM byok._require(report_key_failure.vendor, 'vendor');
+    PERFORM byok._require(report_key_failure.http_status, 'http_status');
+    IF NOT byok._caller_has_role('byok_consumer') THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'permission denied: byok.report_key_failure is for the byok_consumer role',
+            HINT = 'Report from the backend that called use_key, as a role granted byok_consumer.';
+    END IF;
+    v := byok._vendor(report_key_failure.vendor);
+    IF report_key_failure.http_status NOT IN (401, 403) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('http_status %s is not a key failure', report_key_failure.http_status),
+            HINT = 'Report only 401 and 403 answers; a 429 or 5xx is the vendor''s load or outage, not the key.';
+    END IF;
+    -- Redact before cutting (a key cut in half no longer looks like one);
+    -- the 64 kB bound only stops a runaway body.
+    note := left(byok.redact(nullif(btrim(left(report_key_failure.detail, 65536)), '')), 500);
+    SELECT * INTO k FROM byok.keys
+     WHERE workspace_id = report_key_failure.workspace_id AND vendor = v AND status = 'active'
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002',
+            MESSAGE = format('no active %s key for workspace %s', v, report_key_failure.workspace_id),
+            HINT = 'The key may already be invalid or revoked: check byok.list_keys, or ask the workspace to add a key.';
+    END IF;
+    PERFORM byok._audit('report_failure', k.id, k.workspace_id, k.vendor,
+        'http ' || report_key_failure.http_status, note);
+    PERFORM byok._queue_check(k.id);
+    RETURN byok._info(k);
+END
+$$;
+COMMENT ON FUNCTION byok.report_key_failure(uuid, text, integer, text) IS
+    'Report a vendor''s 401/403 for a workspace''s active key: audited, the key re-checked at once (never demoted by the report)';
+
+-- Key status events. Any role that can connect may LISTEN on any channel,
+-- so the payload holds ids and statuses only: no mask, no detail, no label.
+CREATE FUNCTION byok._key_event() RETURNS trigger
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_notify('byok_key_events', json_build_object(
+        'key_id', NEW.id, 'workspace_id', NEW.workspace_id, 'vendor', NEW.vendor,
+        'status', NEW.status, 'previous_status', OLD.status)::text);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER keys_status_events AFTER UPDATE OF status ON byok.keys
+    FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status
+          AND NEW.status IN ('active', 'invalid', 'unverified', 'revoked'))
+    EXECUTE FUNCTION byok._key_event();
+
+-- Scheduled revalidation: the sidecar calls this on a timer. Active keys
+-- whose last check (or activation) is older than byok.revalidate_interval
+-- get a job, oldest first; a key with a job already queued is left alone.
+CREATE FUNCTION byok.enqueue_due_revalidations(max_keys integer DEFAULT 100) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    every integer := byok._revalidate_interval();
+    n integer;
+BEGIN
+    IF enqueue_due_revalidations.max_keys IS NULL
+       OR enqueue_due_revalidations.max_keys NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'max_keys must be between 1 and 10000',
+            HINT = 'Queue a batch per timer tick; the rest are queued on the next.';
+    END IF;
+    IF every = 0 THEN
+        RETURN 0;
+    END IF;
+    WITH due AS (
+        SELECT k.id, k.workspace_id, k.vendor FROM byok.keys k
+         WHERE k.status = 'active'
+           AND coalesce(k.checked_at, k.validated_at, k.created_at)
+               <= clock_timestamp() - make_interval(secs => every)
+           AND NOT EXISTS (SELECT 1 FROM byok.jobs j WHERE j.key_id = k.id)
+         ORDER BY coalesce(k.checked_at, k.validated_at, k.created_at), k.id
+         LIMIT enqueue_due_revalidations.max_keys
+           FOR UPDATE OF k SKIP LOCKED
+    ), queued AS (
+        INSERT INTO byok.jobs (key_id) SELECT d.id FROM due d
+        ON CONFLICT (key_id) DO NOTHING
+        RETURNING byok.jobs.key_id
+    ), audited AS (
+        INSERT INTO byok.audit_log (actor_role, actor_sub, action, key_id, workspace_id, vendor, outcome, detail)
+        SELECT byok._caller(), byok._jwt_sub(), 'revalidate', d.id, d.workspace_id, d.vendor, 'scheduled',
+               format('last checked more than %s ago', make_interval(secs => every))
+          FROM due d JOIN queued q ON q.key_id = d.id
+    )
+    SELECT count(*) INTO n FROM queued;
+    IF n > 0 THEN
+        PERFORM pg_notify('byok_jobs', '');
+    END IF;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION byok.enqueue_due_revalidations(integer) IS
+    'Queue re-checks of active keys last checked longer ago than byok.revalidate_interval; byok_worker (the sidecar''s timer)';
+
+CREATE FUNCTION byok.key_health(workspace_id uuid)
+RETURNS TABLE(key_id uuid, vendor text, masked text, status text, vendor_account text,
+              last_checked_at timestamptz, last_outcome text, next_check_due timestamptz,
+              last_used_at timestamptz, idle boolean)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    every integer := byok._revalidate_interval();
+    idle_after interval := make_interval(days => byok._idle_key_days());
+BEGIN
+    PERFORM byok._require(key_health.workspace_id, 'workspace_id');
+    IF NOT byok.authorize(key_health.workspace_id) THEN
+        PERFORM byok._deny_workspace(key_health.workspace_id);
+    END IF;
+    -- A queued job is the next check; otherwise an active key is due one
+    -- interval after its last check (never, with the schedule off).
+    RETURN QUERY
+        SELECT k.id, k.vendor, k.masked, k.status, k.vendor_account,
+               k.checked_at, k.check_outcome,
+               coalesce(j.run_after,
+                        CASE WHEN k.status = 'active' AND every > 0
+                             THEN coalesce(k.checked_at, k.validated_at, k.created_at)
+                                  + make_interval(secs => every) END),
+               k.last_used_at,
+               k.status = 'active'
+                   AND coalesce(k.last_used_at, k.validated_at, k.created_at) < clock_timestamp() - idle_after
+          FROM byok.keys k
+          LEFT JOIN byok.jobs j ON j.key_id = k.id
+         WHERE k.workspace_id = key_health.workspace_id
+           AND k.status IN ('pending', 'active', 'unverified')
+         ORDER BY k.vendor, k.created_at DESC, k.id;
+END
+$$;
+COMMENT ON FUNCTION byok.key_health(uuid) IS
+    'A workspace''s live keys: last check and its outcome, next check due, last use, idle';
+
+GRANT EXECUTE ON FUNCTION byok.report_key_failure(uuid, text, integer, text) TO byok_consumer;
+GRANT EXECUTE ON FUNCTION byok.enqueue_due_revalidations(integer) TO byok_worker;
+
+-- Nothing new is executable by PUBLIC (grants.sql's loop, for a fresh install).
+REVOKE ALL ON FUNCTION byok._revalidate_interval(), byok._idle_key_days(), byok._queue_check(uuid),
+    byok.report_key_failure(uuid, text, integer, text), byok._key_event(),
+    byok.enqueue_due_revalidations(integer), byok.key_health(uuid) FROM PUBLIC;
+
+-- _grant_supabase_roles grants key_health to members and report_key_failure
+-- to service_role; run again so existing Supabase roles get them.
+CREATE OR REPLACE FUNCTION byok._grant_supabase_roles() RETURNS text[]
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    granted text[] := '{}';
+    member_functions text := 'byok.add_key(uuid, text, text, text), byok.list_keys(uuid),
+        byok.revoke_key(uuid, text), byok.revalidate_key(uuid), byok.mask(text), byok.redact(text),
+        byok.authorize(uuid), byok.key_health(uuid)';
+    key_columns text := '(id, workspace_id, vendor, label, masked, status, status_detail,
+        created_at, validated_at, revoked_at)';
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
+        -- anon reaches nothing, even if defaults elsewhere granted it something.
+        REVOKE ALL ON ALL FUNCTIONS IN SCHEMA byok FROM anon;
+        REVOKE ALL ON ALL TABLES IN SCHEMA byok FROM anon;
+        REVOKE ALL ON SCHEMA byok FROM anon;
+        granted := granted || 'anon (nothing)'::text;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
+        REVOKE ALL ON ALL FUNCTIONS IN SCHEMA byok FROM authenticated;
+        REVOKE ALL ON ALL TABLES IN SCHEMA byok FROM authenticated;
+        GRANT USAGE ON SCHEMA byok TO authenticated;
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO authenticated', member_functions);
+        -- The 'key activity' of a settings page: RLS (authorize) limits it
+        -- to the caller's own workspaces.
+        GRANT SELECT ON byok.audit_log TO authenticated;
+        granted := granted || 'authenticated'::text;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+        REVOKE ALL ON ALL FUNCTIONS IN SCHEMA byok FROM service_role;
+        REVOKE ALL ON ALL TABLES IN SCHEMA byok FROM service_role;
+        GRANT USAGE ON SCHEMA byok TO service_role;
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s, byok.revoke_workspace(uuid, text) TO service_role',
+                       member_functions);
+        EXECUTE format('GRANT SELECT %s ON byok.keys TO service_role', key_columns);
+        GRANT SELECT ON byok.audit_log, byok.vendor_status TO service_role;
+        -- Supabase creates service_role NOINHERIT: membership alone would not
+        -- carry byok_consumer's EXECUTE, so use_key is granted directly too.
+        GRANT byok_consumer TO service_role;
+        GRANT EXECUTE ON FUNCTION byok.use_key(uuid, text),
+            byok.report_key_failure(uuid, text, integer, text) TO service_role;
+        granted := granted || 'service_role'::text;
+    END IF;
+    -- Supabase's layout: postgres is the database owner but no superuser,
+    -- and runs the developer's migrations. It configures pg_byok through
+    -- byok_admin (which reads no key).
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'postgres' AND NOT rolsuper)
+       AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname IN ('anon', 'authenticated', 'service_role')) THEN
+        GRANT byok_admin TO postgres;
+        granted := granted || 'postgres (byok_admin)'::text;
+    END IF;
+    RETURN granted;
+END
+$$;
+SELECT byok._grant_supabase_roles();
+
+-- end of section: lifecycle: revalidation, failure reports, key health, events

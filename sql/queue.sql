@@ -123,14 +123,20 @@ $$;
 COMMENT ON FUNCTION byok.claim_jobs(text, integer, integer) IS
     'Lease up to max_jobs ready validation jobs (SKIP LOCKED), with their plaintext keys; byok_worker only';
 
+-- vendor_account (0.2.0, last so that an 0.1.0 sidecar's positional call
+-- with six arguments still resolves): the account the vendor named in its
+-- answer, recorded on a valid verdict.
 CREATE FUNCTION byok.finish_job(job_id bigint, lease_token uuid, outcome text, detail text DEFAULT NULL,
-                                http_status integer DEFAULT NULL, retry_after_seconds integer DEFAULT NULL)
+                                http_status integer DEFAULT NULL, retry_after_seconds integer DEFAULT NULL,
+                                vendor_account text DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     verdict text := lower(btrim(finish_job.outcome));
     note text;
+    account text := byok._clean_text(finish_job.vendor_account, 'vendor_account', 200);
+    swap_note text;
     j byok.jobs;
     k byok.keys;
     current_active byok.keys;
@@ -194,12 +200,22 @@ BEGIN
                 format('rotated: superseded by newer key %s', current_active.masked), 'rotated');
         ELSE
             IF FOUND THEN
+                -- A replacement from another vendor account is usually a
+                -- paste from the wrong console: flagged, never refused.
+                IF account IS NOT NULL AND current_active.vendor_account IS NOT NULL
+                   AND account <> current_active.vendor_account THEN
+                    swap_note := format('vendor account changed: %s replaces key %s of account %s',
+                                        account, current_active.masked, current_active.vendor_account);
+                END IF;
                 PERFORM byok._revoke(ARRAY[current_active.id], NULL,
                     format('rotated: superseded by key %s', k.masked), 'rotated');
-                PERFORM byok._audit('rotate', k.id, k.workspace_id, k.vendor, 'active',
-                    format('replaces key %s', current_active.masked));
+                PERFORM byok._audit('rotate', k.id, k.workspace_id, k.vendor,
+                    CASE WHEN swap_note IS NULL THEN 'active' ELSE 'account_changed' END,
+                    concat_ws('; ', format('replaces key %s', current_active.masked), swap_note));
             END IF;
-            UPDATE byok.keys SET status = 'active', validated_at = clock_timestamp(), status_detail = note
+            UPDATE byok.keys SET status = 'active', validated_at = clock_timestamp(),
+                   status_detail = left(concat_ws('; ', swap_note, note), 1000),
+                   vendor_account = coalesce(account, vendor_account)
              WHERE id = k.id;
         END IF;
     ELSIF verdict = 'invalid' THEN
@@ -210,13 +226,18 @@ BEGIN
         UPDATE byok.keys SET status = 'unverified', status_detail = note WHERE id = k.id;
     END IF;
 
-    SELECT * INTO k FROM byok.keys WHERE id = k.id;
+    -- Key health: when this check ended and how (byok.key_health, and the
+    -- schedule of byok.enqueue_due_revalidations).
+    UPDATE byok.keys SET checked_at = clock_timestamp(), check_outcome = verdict
+     WHERE id = k.id
+    RETURNING * INTO k;
     PERFORM byok._audit('validate', k.id, k.workspace_id, k.vendor, verdict,
-        concat_ws(' ', 'http ' || finish_job.http_status, note));
+        concat_ws(' ', 'http ' || finish_job.http_status, note,
+                  '(account ' || account || ')'));
     RETURN k.status;
 END
 $$;
-COMMENT ON FUNCTION byok.finish_job(bigint, uuid, text, text, integer, integer) IS
+COMMENT ON FUNCTION byok.finish_job(bigint, uuid, text, text, integer, integer, text) IS
     'Record a validation verdict under a lease token; returns the key''s new status, or ''stale''';
 
 -- Circuit breaker support: push a vendor's ready jobs back without counting

@@ -21,6 +21,21 @@ fn max_attempts() -> i32 {
     crate::settings::MAX_ATTEMPTS.get()
 }
 
+/// Seconds between scheduled re-checks of an active key (setting
+/// `byok.revalidate_interval`; 0: never).
+#[pg_extern(stable, name = "_revalidate_interval")]
+#[search_path(pg_catalog, pg_temp)]
+fn revalidate_interval() -> i32 {
+    crate::settings::REVALIDATE_INTERVAL.get()
+}
+
+/// Days without use that make an active key idle (setting `byok.idle_key_days`).
+#[pg_extern(stable, name = "_idle_key_days")]
+#[search_path(pg_catalog, pg_temp)]
+fn idle_key_days() -> i32 {
+    crate::settings::IDLE_KEY_DAYS.get()
+}
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
@@ -31,6 +46,17 @@ mod tests {
     fn retry_delay_honours_retry_after() {
         let secs = super::retry_delay(Some(1), Some(120));
         assert!(secs >= 120.0, "Retry-After of 120 s gave {secs}");
+    }
+
+    #[pg_test]
+    fn revalidation_settings_default_to_a_day_and_ninety_days() {
+        let every = Spi::get_one::<i32>("SELECT byok._revalidate_interval()").unwrap();
+        assert_eq!(every, Some(86_400));
+        Spi::run("SET byok.revalidate_interval = '2h'").unwrap();
+        let every = Spi::get_one::<i32>("SELECT byok._revalidate_interval()").unwrap();
+        assert_eq!(every, Some(7_200), "units are accepted");
+        let idle = Spi::get_one::<i32>("SELECT byok._idle_key_days()").unwrap();
+        assert_eq!(idle, Some(90));
     }
 
     #[pg_test]

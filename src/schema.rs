@@ -3,7 +3,8 @@
 //!
 //! CREATE EXTENSION runs: bootstrap (roles, type, tables and the audit
 //! trail's guards) → the Rust functions → internals (caller, audit writer,
-//! revocation) → api / queue / tenancy, which call internals → grants (last:
+//! revocation) → api / queue / tenancy / admin, which call internals → health
+//! (key health, failure reports, events: needs api and queue) → grants (last:
 //! it grants what all the others created). Function bodies are checked only
 //! when called, so `requires` lists what a file's statements use when they
 //! run: the tables, and internals for the function groups built on them.
@@ -28,6 +29,11 @@ pgrx::extension_sql_file!(
     requires = ["internals"]
 );
 pgrx::extension_sql_file!("../sql/admin.sql", name = "admin", requires = ["internals"]);
+pgrx::extension_sql_file!(
+    "../sql/health.sql",
+    name = "health",
+    requires = ["api", "queue"]
+);
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -25,6 +25,15 @@ pub static INACTIVE_STATUSES: GucSetting<Option<CString>> =
 pub static MAX_ATTEMPTS: GucSetting<i32> =
     GucSetting::<i32>::new(byok_core::backoff::DEFAULT_MAX_ATTEMPTS);
 
+/// How often an active key is re-checked at its vendor, in seconds (0: never).
+/// A key revoked in the vendor's console should be noticed before a user's
+/// call fails; once a day costs one cheap request per key.
+pub static REVALIDATE_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(86_400);
+
+/// Days without a `use_key` after which `byok.key_health` calls an active key
+/// idle: an unused key is a credential nobody watches.
+pub static IDLE_KEY_DAYS: GucSetting<i32> = GucSetting::<i32>::new(90);
+
 pub fn register() {
     GucRegistry::define_string_guc(
         c"byok.master_key_file",
@@ -57,6 +66,26 @@ pub fn register() {
         &MAX_ATTEMPTS,
         1,
         100,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"byok.revalidate_interval",
+        c"How often active keys are re-checked at their vendor (0 turns it off).",
+        c"byok.enqueue_due_revalidations queues the active keys checked longer ago than this.",
+        &REVALIDATE_INTERVAL,
+        0,
+        31_536_000,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"byok.idle_key_days",
+        c"Days without use after which byok.key_health reports an active key as idle.",
+        c"",
+        &IDLE_KEY_DAYS,
+        1,
+        3650,
         GucContext::Suset,
         GucFlags::default(),
     );

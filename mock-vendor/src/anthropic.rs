@@ -11,8 +11,8 @@ use axum::Extension;
 use byok_core::Vendor;
 use serde_json::{json, Value};
 
-use crate::rules::{behaviour, key_shaped, Behaviour};
-use crate::state::{gate, json, request_id, Gate, KillSwitch, MockState};
+use crate::rules::{key_shaped, Behaviour};
+use crate::state::{gate, json, request_id, with_account, Gate, KillSwitch, MockState};
 
 const V: Vendor = Vendor::Anthropic;
 const VERSIONS: [&str; 2] = ["2023-06-01", "2023-01-01"];
@@ -231,14 +231,16 @@ pub(crate) async fn models(
     if !key_shaped(V, key) {
         return error(401, "authentication_error", "invalid x-api-key", &rid);
     }
-    match gate(&state, &kill, V, behaviour(key)).await {
+    let (b, account) = state.judge(V, key);
+    let resp = match gate(&state, &kill, V, b).await {
         Gate::Outage(s) => outage(s, &rid),
         Gate::Go(b) => judged(key, b, false, &rid, || {
             json!({"data": [{"type": "model", "id": "claude-haiku-4-5-20251001", "display_name": "Claude Haiku 4.5",
                              "created_at": "2025-10-15T00:00:00Z"}],
                    "has_more": true, "first_id": "claude-haiku-4-5-20251001", "last_id": "claude-haiku-4-5-20251001"})
         }),
-    }
+    };
+    with_account(V, resp, &account)
 }
 
 pub(crate) async fn messages(
@@ -263,12 +265,14 @@ pub(crate) async fn messages(
         .ok()
         .and_then(|v| v["model"].as_str().map(str::to_owned))
         .unwrap_or_default();
-    match gate(&state, &kill, V, behaviour(key)).await {
+    let (b, account) = state.judge(V, key);
+    let resp = match gate(&state, &kill, V, b).await {
         Gate::Outage(s) => outage(s, &rid),
         Gate::Go(b) => judged(key, b, true, &rid, || {
             json!({"id": format!("msg_{}", uuid::Uuid::new_v4().simple()), "type": "message", "role": "assistant",
                    "model": model, "content": [{"type": "text", "text": "P"}], "stop_reason": "max_tokens",
                    "stop_sequence": null, "usage": {"input_tokens": 8, "output_tokens": 1}})
         }),
-    }
+    };
+    with_account(V, resp, &account)
 }

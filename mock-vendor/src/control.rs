@@ -9,7 +9,7 @@ use axum::Json;
 use byok_core::Vendor;
 use serde::Deserialize;
 
-use crate::state::{json, request_id, MockState};
+use crate::state::{json, request_id, KeyScript, MockState};
 use crate::stats::Stats;
 use crate::{anthropic, openai};
 
@@ -51,6 +51,44 @@ pub(crate) async fn outage(State(state): State<MockState>, Json(o): Json<Outage>
         seconds = o.seconds,
         "outage scripted"
     );
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+/// Body of `POST /__mock/key`.
+#[derive(Debug, Deserialize)]
+pub struct KeyControl {
+    pub vendor: String,
+    /// The last 4 to 64 characters of the keys scripted.
+    pub suffix: String,
+    #[serde(default)]
+    pub refuse: bool,
+    #[serde(default)]
+    pub account: Option<String>,
+}
+
+pub(crate) async fn key(State(state): State<MockState>, Json(k): Json<KeyControl>) -> Response {
+    let Ok(vendor) = Vendor::parse(&k.vendor) else {
+        return (StatusCode::BAD_REQUEST, "unknown vendor\n").into_response();
+    };
+    if !(4..=64).contains(&k.suffix.chars().count()) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "suffix must be 4 to 64 characters\n",
+        )
+            .into_response();
+    }
+    tracing::info!(
+        vendor = vendor.as_str(),
+        refuse = k.refuse,
+        account = k.account.as_deref().unwrap_or("(default)"),
+        "key behaviour scripted"
+    );
+    state.script_key(KeyScript {
+        vendor,
+        suffix: k.suffix,
+        refuse: k.refuse,
+        account: k.account,
+    });
     (StatusCode::OK, "ok\n").into_response()
 }
 

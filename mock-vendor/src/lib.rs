@@ -14,8 +14,16 @@
 //! by [`rules`]. Control endpoints:
 //! - `POST /__mock/outage {"vendor":"anthropic","status":529,"seconds":10}`:
 //!   every call to that vendor answers `status` for that long (0 s clears);
+//! - `POST /__mock/key {"vendor":"openai","suffix":"Ab12","refuse":true,"account":"org-b/proj_1"}`:
+//!   keys of that vendor ending in `suffix` are refused with 401 from now on
+//!   (`refuse`, as after a revocation in the vendor's console) and/or answered
+//!   naming `account` (default `org-mock-default`);
 //! - `GET /__mock/stats`: request counts and the last malformed-request reasons;
-//! - `POST /__mock/reset`: clears outages and counters.
+//! - `POST /__mock/reset`: clears outages, key scripts and counters.
+//!
+//! Every answer but a 401 names the account behind the key, as the vendors
+//! do: `anthropic-organization-id`, or `openai-organization` (and
+//! `openai-project` for an `org/project` account).
 
 #![forbid(unsafe_code)]
 // Handlers return ready-made refusals as `Err(Response)`; boxing them would
@@ -50,6 +58,7 @@ pub fn router(state: MockState) -> Router {
         .route("/openai/v1/models", get(openai::models))
         .route("/openai/v1/chat/completions", post(openai::chat))
         .route("/__mock/outage", post(control::outage))
+        .route("/__mock/key", post(control::key))
         .route("/__mock/stats", get(control::stats))
         .route("/__mock/reset", post(control::reset))
         .fallback(control::not_found)

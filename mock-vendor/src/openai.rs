@@ -11,8 +11,8 @@ use axum::Extension;
 use byok_core::Vendor;
 use serde_json::{json, Value};
 
-use crate::rules::{behaviour, key_shaped, Behaviour};
-use crate::state::{gate, json, request_id, Gate, KillSwitch, MockState};
+use crate::rules::{key_shaped, Behaviour};
+use crate::state::{gate, json, request_id, with_account, Gate, KillSwitch, MockState};
 
 const V: Vendor = Vendor::OpenAi;
 const ROLES: [&str; 6] = [
@@ -216,7 +216,8 @@ pub(crate) async fn models(
     if !key_shaped(V, key) {
         return judged(key, Behaviour::Unauthorized, false, &rid, || Value::Null);
     }
-    match gate(&state, &kill, V, behaviour(key)).await {
+    let (b, account) = state.judge(V, key);
+    let resp = match gate(&state, &kill, V, b).await {
         Gate::Outage(s) => outage(s, &rid),
         Gate::Go(b) => judged(
             key,
@@ -225,7 +226,8 @@ pub(crate) async fn models(
             &rid,
             || json!({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model", "created": 1721172741, "owned_by": "system"}]}),
         ),
-    }
+    };
+    with_account(V, resp, &account)
 }
 
 pub(crate) async fn chat(
@@ -255,7 +257,8 @@ pub(crate) async fn chat(
         .ok()
         .and_then(|v| v["model"].as_str().map(str::to_owned))
         .unwrap_or_default();
-    match gate(&state, &kill, V, behaviour(key)).await {
+    let (b, account) = state.judge(V, key);
+    let resp = match gate(&state, &kill, V, b).await {
         Gate::Outage(s) => outage(s, &rid),
         Gate::Go(b) => judged(key, b, true, &rid, || {
             let created = std::time::SystemTime::now()
@@ -267,5 +270,6 @@ pub(crate) async fn chat(
                                 "logprobs": null, "finish_reason": "length"}],
                    "usage": {"prompt_tokens": 8, "completion_tokens": 1, "total_tokens": 9}})
         }),
-    }
+    };
+    with_account(V, resp, &account)
 }

@@ -20,7 +20,23 @@ struct Shared {
     slow: Duration,
     hang: Duration,
     outages: Mutex<Vec<(Vendor, u16, Instant)>>,
+    keys: Mutex<Vec<KeyScript>>,
     stats: Mutex<Stats>,
+}
+
+/// The account every answer names unless a test scripted another
+/// (`POST /__mock/key`).
+pub const DEFAULT_ACCOUNT: &str = "org-mock-default";
+
+/// What a test scripted for one vendor's keys ending in `suffix`: refuse
+/// them from now on (401, as when a key is revoked in the vendor's console)
+/// and/or name another account (OpenAI: `org/project`).
+#[derive(Debug, Clone)]
+pub(crate) struct KeyScript {
+    pub vendor: Vendor,
+    pub suffix: String,
+    pub refuse: bool,
+    pub account: Option<String>,
 }
 
 impl MockState {
@@ -29,6 +45,7 @@ impl MockState {
             slow,
             hang,
             outages: Mutex::default(),
+            keys: Mutex::default(),
             stats: Mutex::default(),
         }))
     }
@@ -43,6 +60,31 @@ impl MockState {
         }
     }
 
+    /// Scripts the keys ending in `s.suffix` (replacing an earlier script
+    /// for the same vendor and suffix).
+    pub(crate) fn script_key(&self, s: KeyScript) {
+        let mut keys = self.0.keys.lock().unwrap();
+        keys.retain(|k| !(k.vendor == s.vendor && k.suffix == s.suffix));
+        keys.push(s);
+    }
+
+    /// The behaviour for `key` (its marker, unless a script refuses it) and
+    /// the account the answer names.
+    pub(crate) fn judge(&self, vendor: Vendor, key: &str) -> (Behaviour, String) {
+        let keys = self.0.keys.lock().unwrap();
+        let script = keys
+            .iter()
+            .find(|k| k.vendor == vendor && key.ends_with(&k.suffix));
+        let behaviour = match script {
+            Some(s) if s.refuse => Behaviour::Unauthorized,
+            _ => rules::behaviour(key),
+        };
+        let account = script
+            .and_then(|s| s.account.clone())
+            .unwrap_or_else(|| DEFAULT_ACCOUNT.to_owned());
+        (behaviour, account)
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         self.0.stats.lock().unwrap().clone()
     }
@@ -50,6 +92,7 @@ impl MockState {
     /// Clears outages and counters.
     pub(crate) fn reset(&self) {
         self.0.outages.lock().unwrap().clear();
+        self.0.keys.lock().unwrap().clear();
         *self.0.stats.lock().unwrap() = Stats::default();
     }
 
@@ -133,6 +176,31 @@ pub(crate) fn json(
     let mut resp = (status, axum::Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(request_id) {
         resp.headers_mut().insert(id_header, v);
+    }
+    resp
+}
+
+/// Names the account behind the key, as the vendors do on every answer to
+/// an authenticated request: Anthropic `anthropic-organization-id`, OpenAI
+/// `openai-organization` (and `openai-project` for an `org/project` account).
+/// A 401 names none: the vendor does not know whose key it was.
+pub(crate) fn with_account(vendor: Vendor, mut resp: Response, account: &str) -> Response {
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        return resp;
+    }
+    let h = resp.headers_mut();
+    let (first, project) = match vendor {
+        Vendor::Anthropic => (("anthropic-organization-id", account), None),
+        Vendor::OpenAi => match account.split_once('/') {
+            Some((org, project)) => (("openai-organization", org), Some(project)),
+            None => (("openai-organization", account), None),
+        },
+    };
+    if let Ok(v) = HeaderValue::from_str(first.1) {
+        h.insert(first.0, v);
+    }
+    if let Some(Ok(v)) = project.map(HeaderValue::from_str) {
+        h.insert("openai-project", v);
     }
     resp
 }

@@ -231,3 +231,76 @@ async fn refuses_to_listen_beyond_loopback() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn scripted_keys_are_refused_later_and_name_their_account() {
+    let m = mock().await;
+    let c = reqwest::Client::new();
+    let (a, o) = (anthropic_key(""), openai_key(""));
+    let anthropic = |key: String| {
+        c.get(format!("{}/v1/models", m.anthropic_base()))
+            .header("x-api-key", key)
+            .header("anthropic-version", ANTHROPIC_VERSION)
+            .send()
+    };
+    let header =
+        |r: &reqwest::Response, n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
+    let r = anthropic(a.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "anthropic-organization-id").as_deref(),
+        Some("org-mock-default")
+    );
+
+    let script = |body: Value| {
+        c.post(format!("http://{}/__mock/key", m.addr))
+            .json(&body)
+            .send()
+    };
+    let suffix = &a[a.len() - 8..];
+    let ok = script(json!({"vendor": "anthropic", "suffix": suffix, "account": "org-b"}));
+    assert_eq!(ok.await.unwrap().status(), 200);
+    let r = anthropic(a.clone()).await.unwrap();
+    assert_eq!(
+        header(&r, "anthropic-organization-id").as_deref(),
+        Some("org-b")
+    );
+    script(json!({"vendor": "anthropic", "suffix": suffix, "refuse": true}))
+        .await
+        .unwrap();
+    let r = anthropic(a.clone()).await.unwrap();
+    assert_eq!(r.status(), 401, "refused once scripted");
+    assert_eq!(
+        header(&r, "anthropic-organization-id"),
+        None,
+        "a 401 names no account"
+    );
+
+    let osuffix = &o[o.len() - 8..];
+    script(json!({"vendor": "openai", "suffix": osuffix, "account": "org-o/proj_1"}))
+        .await
+        .unwrap();
+    let r = c
+        .get(format!("{}/v1/models", m.openai_base()))
+        .bearer_auth(&o)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "openai-organization").as_deref(), Some("org-o"));
+    assert_eq!(header(&r, "openai-project").as_deref(), Some("proj_1"));
+
+    let bad = script(json!({"vendor": "anthropic", "suffix": "abc"}))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400, "suffix too short");
+    c.post(format!("http://{}/__mock/reset", m.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        anthropic(a).await.unwrap().status(),
+        200,
+        "reset clears scripts"
+    );
+}

@@ -152,6 +152,13 @@ pub struct Cli {
     /// Seconds between refreshes of the queue-depth gauge (byok.queue_depth()); 0 disables.
     #[arg(long, env = "BYOK_QUEUE_DEPTH_INTERVAL", default_value_t = 15.0)]
     pub queue_depth_interval: f64,
+
+    /// Seconds between calls of byok.enqueue_due_revalidations(), which queues
+    /// a re-check of the active keys last checked longer ago than the
+    /// database's byok.revalidate_interval (jittered ±20%); 0 disables (e.g.
+    /// when a pg_cron job calls it instead).
+    #[arg(long, env = "BYOK_REVALIDATE_EVERY", default_value_t = 300.0)]
+    pub revalidate_every: f64,
 }
 
 /// Where and how one vendor is probed.
@@ -195,6 +202,8 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     pub breaker: breaker::Settings,
     pub queue_depth_interval: Option<Duration>,
+    /// How often due revalidations are queued; `None`: never (pg_cron does it).
+    pub revalidate_every: Option<Duration>,
 }
 
 /// Why the settings cannot be used.
@@ -247,6 +256,7 @@ impl Config {
             a => Some(a.parse().map_err(|_| ConfigError::BadMetricsAddr)?),
         };
         let queue_depth = seconds("--queue-depth-interval", cli.queue_depth_interval, true)?;
+        let revalidate_every = seconds("--revalidate-every", cli.revalidate_every, true)?;
         let db_tls = crate::db_tls::connector(cli.db_ca_file.as_deref())?;
         Ok(Config {
             database_url,
@@ -271,6 +281,7 @@ impl Config {
                 open_for: seconds("--breaker-open", cli.breaker_open, false)?,
             },
             queue_depth_interval: (!queue_depth.is_zero()).then_some(queue_depth),
+            revalidate_every: (!revalidate_every.is_zero()).then_some(revalidate_every),
             request_timeout,
             metrics_addr,
         })

@@ -173,28 +173,68 @@ pub struct Finish {
     pub detail: String,
     pub http_status: Option<u16>,
     pub retry_after_seconds: Option<u32>,
+    /// The account the vendor named (recorded on a valid verdict).
+    pub vendor_account: Option<String>,
 }
 
-/// `byok.finish_job`: the key's new status, or `stale`.
+/// `byok.finish_job`: the key's new status, or `stale`. The vendor account
+/// is a 0.2.0 argument: against an 0.1.0 extension (42883, no such
+/// function) the verdict is written without it.
 pub async fn finish(
     client: &Client,
     lease: &Lease,
     f: &Finish,
 ) -> Result<String, tokio_postgres::Error> {
-    let row = client
-        .query_one(
-            "SELECT byok.finish_job($1, $2, $3, $4, $5, $6)",
-            &[
-                &lease.job_id,
-                &lease.lease_token,
-                &f.outcome,
-                &f.detail,
-                &f.http_status.map(i32::from),
-                &f.retry_after_seconds.map(|s| s.min(86_400) as i32),
-            ],
-        )
-        .await?;
+    let http_status = f.http_status.map(i32::from);
+    let retry_after = f.retry_after_seconds.map(|s| s.min(86_400) as i32);
+    let args: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+        &lease.job_id,
+        &lease.lease_token,
+        &f.outcome,
+        &f.detail,
+        &http_status,
+        &retry_after,
+    ];
+    let row = match &f.vendor_account {
+        Some(account) => {
+            let mut with_account = args.to_vec();
+            with_account.push(account);
+            let r = client
+                .query_one(
+                    "SELECT byok.finish_job($1, $2, $3, $4, $5, $6, $7)",
+                    &with_account,
+                )
+                .await;
+            match r {
+                Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) =>
+                {
+                    client
+                        .query_one("SELECT byok.finish_job($1, $2, $3, $4, $5, $6)", &args)
+                        .await?
+                }
+                r => r?,
+            }
+        }
+        None => {
+            client
+                .query_one("SELECT byok.finish_job($1, $2, $3, $4, $5, $6)", &args)
+                .await?
+        }
+    };
     Ok(row.get::<_, Option<String>>(0).unwrap_or_default())
+}
+
+/// `byok.enqueue_due_revalidations`: how many active keys were queued for
+/// their scheduled re-check (at most `max_keys`).
+pub async fn enqueue_due_revalidations(
+    client: &Client,
+    max_keys: i32,
+) -> Result<i32, tokio_postgres::Error> {
+    let row = client
+        .query_one("SELECT byok.enqueue_due_revalidations($1)", &[&max_keys])
+        .await?;
+    Ok(row.get(0))
 }
 
 /// `byok.release_job`: hand a claimed job back without spending its attempt.

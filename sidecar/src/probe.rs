@@ -24,6 +24,8 @@ pub struct ProbeResult {
     pub verdict: Verdict,
     /// The vendor's HTTP status, `None` when no answer arrived.
     pub http_status: Option<u16>,
+    /// The account the vendor named in its answer (see [`vendor_account`]).
+    pub vendor_account: Option<String>,
     pub took: Duration,
 }
 
@@ -73,6 +75,7 @@ impl Prober {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let headers = keep_headers(resp.headers());
+                let account = vendor_account(vendor, resp.headers());
                 match read_body(resp).await {
                     Ok(body) => {
                         let pairs: Vec<(&str, &str)> =
@@ -81,6 +84,7 @@ impl Prober {
                         ProbeResult {
                             verdict,
                             http_status: Some(status),
+                            vendor_account: account,
                             took: started.elapsed(),
                         }
                     }
@@ -165,6 +169,33 @@ fn keep_headers(h: &HeaderMap) -> Vec<(&'static str, String)> {
     .collect()
 }
 
+/// The vendor account behind a key, from the answer's headers: Anthropic's
+/// `anthropic-organization-id`; OpenAI's `openai-organization`, followed by
+/// `/` and `openai-project` when it sends one. A value that is not a short
+/// identifier (letters, digits, `-`, `_`, `.`, `:`, at most 100 characters)
+/// is ignored: it ends up in `key_info`, so nothing else is taken from an
+/// answer that may not come from the vendor at all.
+pub fn vendor_account(vendor: Vendor, h: &HeaderMap) -> Option<String> {
+    let id = |name: &str| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| {
+                !v.is_empty()
+                    && v.len() <= 100
+                    && v.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+            })
+    };
+    match vendor {
+        Vendor::Anthropic => id("anthropic-organization-id").map(str::to_owned),
+        Vendor::OpenAi => id("openai-organization").map(|org| match id("openai-project") {
+            Some(project) => format!("{org}/{project}"),
+            None => org.to_owned(),
+        }),
+    }
+}
+
 async fn read_body(mut resp: reqwest::Response) -> reqwest::Result<String> {
     let mut buf = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
@@ -181,6 +212,7 @@ fn no_answer(vendor: Vendor, e: &reqwest::Error, started: Instant) -> ProbeResul
     ProbeResult {
         verdict: classify_transport(vendor, transport_kind(e)),
         http_status: None,
+        vendor_account: None,
         took: started.elapsed(),
     }
 }
@@ -238,6 +270,52 @@ mod against_the_mock;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.insert(*n, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_vendor_account_is_read_from_each_vendors_headers() {
+        let a = headers(&[("anthropic-organization-id", "0f3c-11aa")]);
+        assert_eq!(
+            vendor_account(Vendor::Anthropic, &a).as_deref(),
+            Some("0f3c-11aa")
+        );
+        assert_eq!(
+            vendor_account(Vendor::OpenAi, &a),
+            None,
+            "another vendor's header"
+        );
+        let o = headers(&[("openai-organization", "org-abc")]);
+        assert_eq!(
+            vendor_account(Vendor::OpenAi, &o).as_deref(),
+            Some("org-abc")
+        );
+        let op = headers(&[
+            ("openai-organization", "org-abc"),
+            ("openai-project", "proj_9"),
+        ]);
+        assert_eq!(
+            vendor_account(Vendor::OpenAi, &op).as_deref(),
+            Some("org-abc/proj_9")
+        );
+        let project_only = headers(&[("openai-project", "proj_9")]);
+        assert_eq!(vendor_account(Vendor::OpenAi, &project_only), None);
+    }
+
+    #[test]
+    fn a_vendor_account_that_is_not_a_short_identifier_is_ignored() {
+        let key = byok_core::samples::sample_key("anthropic", 9);
+        for bad in [key.as_str(), "org abc", "org<script>", "", &"o".repeat(101)] {
+            let h = headers(&[("anthropic-organization-id", bad)]);
+            assert_eq!(vendor_account(Vendor::Anthropic, &h), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn completion_body_has_the_documented_shape() {

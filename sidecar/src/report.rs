@@ -1,5 +1,6 @@
 //! Side traffic to SQL: circuit-breaker reports (`byok.report_vendor_status`,
-//! `byok.defer_jobs`) and the queue-depth gauge (`byok.queue_depth()`).
+//! `byok.defer_jobs`), the queue-depth gauge (`byok.queue_depth()`) and the
+//! timer that queues scheduled revalidations (`byok.enqueue_due_revalidations`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +55,49 @@ pub async fn reporter(
         }
         if let Err(e) = db::report(&client, &worker, r.vendor, r.state.as_str(), &r.detail).await {
             tracing::warn!(vendor = r.vendor.as_str(), error = %db::describe(&e), "byok.report_vendor_status failed");
+        }
+    }
+}
+
+/// Keys queued per call of `enqueue_due_revalidations`; a full batch is
+/// followed at once by the next, so a backlog drains within one tick.
+pub const REVALIDATE_BATCH: i32 = 100;
+
+/// Queues the scheduled re-checks of active keys every `interval` (jittered,
+/// so sidecars started together spread out; `SKIP LOCKED` in the function
+/// keeps two of them from queuing one key twice). Stops for good when the
+/// function is missing or not granted: an 0.1.0 extension has none.
+pub async fn revalidate_loop(db: Db, interval: Option<Duration>, stop: CancellationToken) {
+    let Some(interval) = interval else { return };
+    loop {
+        if let Some(client) = db.client(Instant::now() + Duration::from_secs(1)).await {
+            let mut queued = 0;
+            loop {
+                match db::enqueue_due_revalidations(&client, REVALIDATE_BATCH).await {
+                    Ok(n) => {
+                        queued += n;
+                        if n < REVALIDATE_BATCH || stop.is_cancelled() {
+                            break;
+                        }
+                    }
+                    Err(e) if db::is_missing_or_forbidden(&e) => {
+                        tracing::warn!(error = %db::describe(&e), "byok.enqueue_due_revalidations() unavailable; scheduled revalidation disabled");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %db::describe(&e), "queuing due revalidations failed");
+                        break;
+                    }
+                }
+            }
+            if queued > 0 {
+                tracing::info!(queued, "queued scheduled key revalidations");
+            }
+        }
+        let pause = interval.mul_f64(0.8 + 0.4 * rand::random::<f64>());
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.cancelled() => return,
         }
     }
 }

@@ -63,6 +63,7 @@ async fn process(sh: &Arc<Shared>, mut job: Job, trial: bool, deadline: Instant)
             detail: detail.to_owned(),
             http_status: None,
             retry_after_seconds: None,
+            vendor_account: None,
         };
         finish(sh, &lease, &f, deadline).await;
         return;
@@ -105,6 +106,7 @@ async fn process(sh: &Arc<Shared>, mut job: Job, trial: bool, deadline: Instant)
         detail: v.detail.clone(),
         http_status: res.http_status,
         retry_after_seconds: v.retry_after_seconds,
+        vendor_account: res.vendor_account.clone(),
     };
     finish(sh, &lease, &f, deadline).await;
     if !v.vendor_fault {

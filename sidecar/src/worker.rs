@@ -72,6 +72,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         shared.cfg.queue_depth_interval,
         db_stop.clone(),
     ));
+    let revalidate = tokio::spawn(report::revalidate_loop(
+        shared.db.clone(),
+        shared.cfg.revalidate_every,
+        db_stop.clone(),
+    ));
 
     let tracker = TaskTracker::new();
     let claims_stop = CancellationToken::new();
@@ -107,6 +112,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     db_stop.cancel();
     server_stop.cancel();
     let _ = depth.await;
+    let _ = revalidate.await;
     tracing::info!("byok-sidecar stopped");
     Ok(())
 }

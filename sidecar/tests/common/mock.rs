@@ -72,6 +72,15 @@ impl Mock {
         assert_eq!(code, 200, "{text}");
     }
 
+    /// Scripts the keys of `vendor` ending in `suffix`: refused from now on
+    /// (`refuse`) and/or answered naming `account` (`POST /__mock/key`).
+    pub fn script_key(&self, vendor: &str, suffix: &str, refuse: bool, account: Option<&str>) {
+        let body = serde_json::json!({"vendor": vendor, "suffix": suffix, "refuse": refuse, "account": account})
+            .to_string();
+        let (code, text) = http(&self.addr, "POST", "/__mock/key", Some(&body));
+        assert_eq!(code, 200, "{text}");
+    }
+
     pub fn stats(&self) -> serde_json::Value {
         let (code, text) = http(&self.addr, "GET", "/__mock/stats", None);
         assert_eq!(code, 200);
