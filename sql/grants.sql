@@ -116,6 +116,7 @@ GRANT EXECUTE ON FUNCTION
     byok.attach_workspaces(regclass, name, name),
     byok.detach_workspaces(regclass),
     byok.grant_supabase_roles(),
+    byok.attachment_problems(),
     byok.master_key_status(),
     byok.queue_depth(),
     byok._on_workspace_removed(),

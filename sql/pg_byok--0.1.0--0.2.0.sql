@@ -1334,3 +1334,6 @@ $$;
 SELECT byok._grant_supabase_roles();
 
 -- end of section: lifecycle: revalidation, failure reports, key health, events
+
+-- byok_admin monitors the attached tables (docs/API.md: attachment_problems).
+GRANT EXECUTE ON FUNCTION byok.attachment_problems() TO byok_admin;

@@ -76,15 +76,16 @@ fn planner_code_on_the_member_table_runs_as_its_owner_only() {
         .unwrap_or_else(|e| panic!("{kind}: add_key as member: {}", error_text(&e)));
         app.assert_only_owner_ran(&format!("{kind}: add_key"));
 
-        // Row-level security on byok.keys calls byok.authorize per row.
+        // Row-level security calls byok.authorize per row: members read
+        // their workspaces' audit trail under it (keys only via list_keys).
         let visible: i64 = app
             .as_member(member, |tx| {
-                tx.query_one("SELECT count(*) FROM byok.keys", &[])
+                tx.query_one("SELECT count(*) FROM byok.audit_log", &[])
                     .map(|r| r.get(0))
             })
-            .unwrap_or_else(|e| panic!("{kind}: select byok.keys: {}", error_text(&e)));
-        assert!(visible >= 1, "{kind}: RLS shows the member its keys");
-        app.assert_only_owner_ran(&format!("{kind}: RLS on byok.keys"));
+            .unwrap_or_else(|e| panic!("{kind}: select byok.audit_log: {}", error_text(&e)));
+        assert!(visible >= 1, "{kind}: RLS shows the member its audit rows");
+        app.assert_only_owner_ran(&format!("{kind}: RLS on byok.audit_log"));
 
         app.owner_exec(unhostile(kind));
         app.take_seen();
