@@ -888,6 +888,19 @@ REVOKE ALL ON FUNCTION byok._grant_supabase_roles() FROM PUBLIC;
 -- functions are granted so that a dump restored by the database owner can
 -- re-create the workspace triggers (a trigger function cannot be called
 -- directly). SELECT on byok.keys leaves out the ciphertext column.
+-- A fresh install grants the schema to byok_admin before Supabase's roles
+-- (_grant_supabase_roles, below, grants them again): keep that order, so
+-- the upgraded schema's privileges read exactly as a fresh install's.
+DO $reorder$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
+        REVOKE USAGE ON SCHEMA byok FROM authenticated;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+        REVOKE USAGE ON SCHEMA byok FROM service_role;
+    END IF;
+END
+$reorder$;
 GRANT USAGE ON SCHEMA byok TO byok_admin;
 GRANT EXECUTE ON FUNCTION
     byok.attach_members(regclass, name, name),
