@@ -3,13 +3,26 @@
 //!
 //! CREATE EXTENSION runs: bootstrap (roles, type, tables) → the Rust
 //! functions → internals → api / queue / tenancy (declared in api.rs,
-//! queue.rs, tenancy.rs) → grants (last: it grants what the others created).
+//! queue.rs, tenancy.rs) → rewrap (master key rotation) → grants (last: it
+//! grants what the others created).
 
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 pgrx::extension_sql_file!(
     "../sql/internals.sql",
     name = "internals",
     requires = ["bootstrap"]
+);
+pgrx::extension_sql_file!(
+    "../sql/rewrap.sql",
+    name = "rewrap",
+    requires = [
+        "internals",
+        "tenancy",
+        rewrap::ciphertext_version,
+        rewrap::loaded_key_versions,
+        rewrap::rewrap,
+        sealing::master_key_status
+    ]
 );
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 

@@ -25,11 +25,18 @@ pub static INACTIVE_STATUSES: GucSetting<Option<CString>> =
 pub static MAX_ATTEMPTS: GucSetting<i32> =
     GucSetting::<i32>::new(byok_core::backoff::DEFAULT_MAX_ATTEMPTS);
 
+/// Master key versions below this are retired: what they sealed no longer
+/// opens (55000), and they seal nothing. A server-wide policy, so SIGHUP
+/// (postgresql.conf or ALTER SYSTEM, then reload): no session may lower it
+/// for itself to open a key under a retired version.
+pub static MIN_DECRYPT_VERSION: GucSetting<i32> = GucSetting::<i32>::new(1);
+
 pub fn register() {
     GucRegistry::define_string_guc(
         c"byok.master_key_file",
         c"Path of the pg_byok keyring file.",
-        c"One key a line: \"<version> <64 hex chars>\". Highest version encrypts; all decrypt.",
+        c"One key a line: \"<version> <64 hex chars>\". Highest version encrypts; all decrypt. \
+           The file is read again on reload (SIGHUP).",
         &MASTER_KEY_FILE,
         GucContext::Postmaster,
         GucFlags::SUPERUSER_ONLY,
@@ -60,6 +67,21 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"byok.min_decrypt_version",
+        c"Master key versions below this are retired: nothing they encrypted opens.",
+        c"Run CALL byok.rewrap() before raising it; see byok.key_versions.",
+        &MIN_DECRYPT_VERSION,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
+/// The minimum master key version that may decrypt, as a keyring version.
+pub fn min_decrypt_version() -> u32 {
+    u32::try_from(MIN_DECRYPT_VERSION.get()).unwrap_or(1)
 }
 
 /// The inactive-status list, lower-cased and trimmed.
