@@ -75,8 +75,10 @@ fn version_of(db: &mut Client, key_id: Uuid) -> Option<i64> {
     .get(0)
 }
 
-/// `byok.key_versions` as (version, keys, is_primary, loaded, retired).
-fn key_versions(db: &mut Client) -> Vec<(Option<i64>, i64, bool, bool, Option<bool>)> {
+/// One row of `byok.key_versions`: (version, keys, is_primary, loaded, retired).
+type VersionRow = (Option<i64>, i64, bool, bool, Option<bool>);
+
+fn key_versions(db: &mut Client) -> Vec<VersionRow> {
     db.query(
         "SELECT version, keys, is_primary, loaded, retired FROM byok.key_versions",
         &[],
@@ -430,6 +432,13 @@ fn rewrap_refuses_to_retire_a_version_that_still_protects_keys_unless_forced() {
     ] {
         expect_state(call_collecting(&mut db, sql), state, sql);
     }
+    let mut tx = db.transaction().unwrap();
+    expect_state(
+        tx.simple_query("CALL byok.rewrap()").map(drop),
+        "2D000",
+        "rewrap inside a transaction block",
+    );
+    drop(tx);
     let e = expect_state(
         call_collecting(&mut c.client_as("backend"), "CALL byok.rewrap()"),
         "42501",
