@@ -18,7 +18,7 @@ bin=/usr/lib/postgresql/15/bin
 as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 stop_all() {
-    for p in sidecar mock; do
+    for p in sidecar mock edge page; do
         if [ -f "$run/$p.pid" ]; then kill "$(cat "$run/$p.pid")" 2>/dev/null || true; rm -f "$run/$p.pid"; fi
     done
     if [ -f "$run/data/postmaster.pid" ]; then as_postgres "$bin/pg_ctl" -D "$run/data" -m fast -w stop >/dev/null; fi
@@ -136,6 +136,11 @@ step "7. The audit trail (never key material)"
 sql -c "SELECT at::time(0), actor_role, actor_sub, action, outcome, detail FROM byok.audit_log ORDER BY id;"
 step "8. Vendor health from the sidecar's circuit breaker"
 sql -c "SELECT * FROM byok.vendor_status;"
+step "9. Settings → Keys: the example page and its edge function (examples/), for a fresh workspace"
+page_ws=a0000000-0000-0000-0000-000000000002 page_user=b0000000-0000-0000-0000-000000000008
+sql -c "INSERT INTO app.workspaces VALUES ('$page_ws', 'Settings page', 'active'); INSERT INTO app.members VALUES ('$page_ws', '$page_user');"
+BYOK_DEMO_RUN=$run BYOK_DEMO_PORT=$port ANTHROPIC_BASE_URL=$anthropic_url OPENAI_BASE_URL=$openai_url \
+    BYOK_DEMO_WORKSPACE=$page_ws BYOK_DEMO_USER=$page_user bash scripts/examples.sh serve
 cat <<EOF
 
 The demo is still running: Postgres on 127.0.0.1:$port (socket dir $run), the sidecar

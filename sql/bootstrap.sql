@@ -1,8 +1,10 @@
 -- pg_byok bootstrap: roles, the key_info type, and the tables.
 --
--- Runs first in CREATE EXTENSION. Everything a caller can see is here; the
--- functions that act on it come after (api.sql, queue.sql, tenancy.sql) and
--- the privileges last (grants.sql). The ciphertext column is never granted.
+-- Runs first in CREATE EXTENSION. Everything a caller can see is here, with
+-- the guards that belong to a table (the audit trail's append-only
+-- triggers); the functions that act on it come after (api.sql, queue.sql,
+-- tenancy.sql) and the privileges last (grants.sql). The ciphertext column
+-- is never granted.
 
 -- Roles are cluster-wide, so they may already exist (another database, an
 -- earlier install); create them only if missing, always NOLOGIN.
@@ -108,6 +110,20 @@ CREATE INDEX audit_log_by_workspace ON byok.audit_log (workspace_id, at);
 COMMENT ON TABLE byok.audit_log IS 'pg_byok: append-only record of who did what to which key; never key material';
 ALTER TABLE byok.audit_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE byok.audit_log FORCE ROW LEVEL SECURITY;
+
+-- The audit trail is append-only for every role, the owner included.
+CREATE FUNCTION byok._audit_is_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = '42501',
+        MESSAGE = format('byok.audit_log is append-only: %s is not allowed', TG_OP),
+        HINT = 'Audit rows are kept as written; archive them by copying, not by editing.';
+END
+$$;
+CREATE TRIGGER audit_log_no_update_delete BEFORE UPDATE OR DELETE ON byok.audit_log
+    FOR EACH ROW EXECUTE FUNCTION byok._audit_is_append_only();
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON byok.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION byok._audit_is_append_only();
 
 -- How byok.authorize finds the caller's workspaces (byok.attach_members).
 CREATE TABLE byok.member_source (

@@ -4,6 +4,13 @@
 -- gets use_key, Supabase's roles get exactly what API.md lists (now if they
 -- exist, or later through byok.grant_supabase_roles()). The ciphertext
 -- column of byok.keys is granted to no role at all.
+--
+-- Members (authenticated) read keys through byok.list_keys only, not from
+-- byok.keys: row-level security filters rows after the scan has read them,
+-- so EXPLAIN ANALYZE of a query on the table counts another workspace's rows
+-- ("Rows Removed by Filter"), and conditions on indexed columns tell which
+-- vendors, statuses and creation times they have. service_role, for whom
+-- every workspace is authorized anyway, keeps its column SELECT.
 
 DO $revoke$
 DECLARE
@@ -52,7 +59,6 @@ BEGIN
         REVOKE ALL ON ALL TABLES IN SCHEMA byok FROM authenticated;
         GRANT USAGE ON SCHEMA byok TO authenticated;
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO authenticated', member_functions);
-        EXECUTE format('GRANT SELECT %s ON byok.keys TO authenticated', key_columns);
         granted := granted || 'authenticated'::text;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN

@@ -133,14 +133,14 @@ BEGIN
 END
 $$;
 
--- Revoke keys by id and/or by workspace, in one pass: status, erased
--- ciphertext, cancelled jobs and one audit row per key, all in the caller's
--- transaction. Already dead keys are left as they are. Returns the count.
+-- Revoke keys by id and/or by workspace: status, erased ciphertext, one
+-- audit row per key, then cancelled jobs, all in the caller's transaction.
+-- Already dead keys are left as they are. Returns the count.
 CREATE FUNCTION byok._revoke(key_ids uuid[], workspace_ids uuid[], reason text, cause text)
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    n integer;
+    revoked_ids uuid[];
 BEGIN
     WITH revoked AS (
         UPDATE byok.keys k
@@ -149,22 +149,27 @@ BEGIN
          WHERE (k.id = ANY (key_ids) OR k.workspace_id = ANY (workspace_ids))
            AND k.status NOT IN ('revoked', 'invalid')
         RETURNING k.id, k.workspace_id, k.vendor
-    ), cancelled AS (
-        DELETE FROM byok.jobs j USING revoked r WHERE j.key_id = r.id
     ), audited AS (
         INSERT INTO byok.audit_log (actor_role, actor_sub, action, key_id, workspace_id, vendor, outcome, detail)
         SELECT byok._caller(), byok._jwt_sub(), 'revoke', r.id, r.workspace_id, r.vendor, cause, reason
           FROM revoked r
     )
-    SELECT count(*) INTO n FROM revoked;
-    RETURN n;
+    SELECT coalesce(array_agg(r.id), '{}') INTO revoked_ids FROM revoked r;
+    -- The jobs go in a statement of their own, with a snapshot taken after
+    -- the UPDATE: a job queued by a transaction that held a key's row lock
+    -- (revalidate_key) and committed while the UPDATE waited for it is
+    -- invisible to the UPDATE's snapshot, and would outlive its key.
+    DELETE FROM byok.jobs j WHERE j.key_id = ANY (revoked_ids);
+    RETURN cardinality(revoked_ids);
 END
 $$;
 
 -- A text id column's value as a uuid, or NULL when it holds something else
--- (an app's unrelated ids must never make its own DELETE fail).
+-- (an app's unrelated ids must never make its own DELETE fail: every string
+-- the pattern accepts -- braces only in pairs, blanks only around -- is
+-- valid uuid input once trimmed). The same rule as byok_core::app_sql.
 CREATE FUNCTION byok._as_uuid(value text) RETURNS uuid
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN value ~* '^\s*\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?\s*$'
-                THEN btrim(value)::uuid END
+    SELECT CASE WHEN value ~* '^\s*(\{[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}|[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12})\s*$'
+                THEN btrim(value, E' \t\n\r\f\x0B')::uuid END
 $$;

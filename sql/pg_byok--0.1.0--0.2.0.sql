@@ -8,6 +8,608 @@
 -- Sections, in order: the security fixes, then the release's own changes.
 \echo Use "ALTER EXTENSION pg_byok UPDATE TO '0.2.0'" to load this file. \quit
 
+-- security: queue, explain, utility hook, encoding
+-- (one section per finding; each replaces whole functions, so it equals the
+-- files under sql/ the fresh install runs)
+
+-- Finding 10: pg_byok 0.2.0 works in UTF8 databases only (sql/encoding.sql
+-- refuses CREATE EXTENSION elsewhere); an install in another encoding is
+-- refused here too, so no 0.2.0 catalog exists outside UTF8.
+DO $encoding$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('pg_byok needs a UTF8 database; database %I is %s',
+                             pg_catalog.current_database(), pg_catalog.getdatabaseencoding()),
+            HINT = 'Install pg_byok in a database created with ENCODING ''UTF8'' '
+                   '(CREATE DATABASE ... TEMPLATE template0 ENCODING ''UTF8''), '
+                   'or dump this one and restore it into such a database.';
+    END IF;
+END
+$encoding$;
+
+-- Finding 4: a revocation deletes its keys' jobs in a statement of its own
+-- (seeing jobs queued by a transaction it waited for), and claim_jobs
+-- retires a job whose key is dead instead of failing the batch.
+CREATE OR REPLACE FUNCTION byok._revoke(key_ids uuid[], workspace_ids uuid[], reason text, cause text)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    revoked_ids uuid[];
+BEGIN
+    WITH revoked AS (
+        UPDATE byok.keys k
+           SET status = 'revoked', ciphertext = NULL, revoked_at = clock_timestamp(),
+               revoked_cause = cause, status_detail = reason
+         WHERE (k.id = ANY (key_ids) OR k.workspace_id = ANY (workspace_ids))
+           AND k.status NOT IN ('revoked', 'invalid')
+        RETURNING k.id, k.workspace_id, k.vendor
+    ), audited AS (
+        INSERT INTO byok.audit_log (actor_role, actor_sub, action, key_id, workspace_id, vendor, outcome, detail)
+        SELECT byok._caller(), byok._jwt_sub(), 'revoke', r.id, r.workspace_id, r.vendor, cause, reason
+          FROM revoked r
+    )
+    SELECT coalesce(array_agg(r.id), '{}') INTO revoked_ids FROM revoked r;
+    -- The jobs go in a statement of their own, with a snapshot taken after
+    -- the UPDATE: a job queued by a transaction that held a key's row lock
+    -- (revalidate_key) and committed while the UPDATE waited for it is
+    -- invisible to the UPDATE's snapshot, and would outlive its key.
+    DELETE FROM byok.jobs j WHERE j.key_id = ANY (revoked_ids);
+    RETURN cardinality(revoked_ids);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION byok.claim_jobs(worker text, max_jobs integer DEFAULT 16, lease_seconds integer DEFAULT 60)
+RETURNS TABLE(job_id bigint, key_id uuid, workspace_id uuid, vendor text, api_key text,
+              attempt integer, lease_token uuid)
+-- work_mem: the result (plaintext keys) is built in a tuplestore, which must
+-- never spill to a temporary file; 1,000 keys need well under 1 MB.
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET work_mem = '4MB' AS $$
+#variable_conflict use_column
+DECLARE
+    who text := byok._check_worker_args(claim_jobs.worker);
+    limit_attempts integer := byok._max_attempts();
+    r record;
+BEGIN
+    IF claim_jobs.max_jobs IS NULL OR claim_jobs.max_jobs NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'max_jobs must be between 1 and 1000',
+            HINT = 'Claim small batches; call again for more.';
+    END IF;
+    IF claim_jobs.lease_seconds IS NULL OR claim_jobs.lease_seconds NOT BETWEEN 5 AND 3600 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'lease_seconds must be between 5 and 3600',
+            HINT = 'Use a lease a little longer than the vendor request timeout.';
+    END IF;
+    -- No keyring at all is the operator's problem and fails the call (55000);
+    -- a key needing an absent version only defers that key (below).
+    PERFORM byok.master_key_status();
+    FOR r IN
+        WITH picked AS (
+            SELECT j.id FROM byok.jobs j
+             WHERE j.run_after <= clock_timestamp()
+             ORDER BY j.run_after, j.id
+             LIMIT claim_jobs.max_jobs
+             FOR UPDATE SKIP LOCKED
+        )
+        UPDATE byok.jobs j
+           SET attempts = j.attempts + 1, lease_token = gen_random_uuid(), leased_by = who,
+               run_after = clock_timestamp() + make_interval(secs => claim_jobs.lease_seconds)
+          FROM picked p
+         WHERE j.id = p.id
+        RETURNING j.id, j.key_id, j.attempts, j.lease_token
+    LOOP
+        IF r.attempts > limit_attempts THEN
+            PERFORM byok._give_up(r.id);
+            CONTINUE;
+        END IF;
+        DECLARE
+            k byok.keys;
+        BEGIN
+            SELECT * INTO k FROM byok.keys WHERE id = r.key_id;
+            IF NOT FOUND OR k.ciphertext IS NULL THEN
+                -- The key died (revoked, rotated, invalid) after its job was
+                -- queued: nothing is left to validate. Retire the job rather
+                -- than fail the batch for every worker.
+                DELETE FROM byok.jobs WHERE id = r.id;
+                RAISE WARNING 'pg_byok: job % was for key %, which is %; the job was retired',
+                    r.id, r.key_id, coalesce(k.status, 'gone');
+                CONTINUE;
+            END IF;
+            job_id := r.id; key_id := k.id; workspace_id := k.workspace_id; vendor := k.vendor;
+            attempt := r.attempts; lease_token := r.lease_token;
+            api_key := byok._open(k.id, k.workspace_id, k.vendor, k.ciphertext);
+            RETURN NEXT;
+        EXCEPTION WHEN data_corrupted THEN
+            -- A ciphertext that fails authentication can never be validated:
+            -- retire the key with a clear reason rather than block the queue.
+            UPDATE byok.keys SET status = 'invalid', ciphertext = NULL,
+                   status_detail = 'the stored ciphertext failed authentication (tampered or corrupted); add the key again'
+             WHERE id = r.key_id;
+            DELETE FROM byok.jobs WHERE id = r.id;
+            PERFORM byok._audit('validate', r.key_id, k.workspace_id, k.vendor, 'tampered', NULL);
+            RAISE WARNING 'pg_byok: key % failed authentication and was retired', r.key_id;
+        WHEN object_not_in_prerequisite_state THEN
+            -- The master key version this key needs is absent or different:
+            -- keep the key, hand the job back without spending the attempt,
+            -- and let the rest of the queue flow.
+            UPDATE byok.jobs SET attempts = greatest(attempts - 1, 0), lease_token = NULL, leased_by = NULL,
+                   run_after = clock_timestamp() + interval '5 minutes', last_error = left(SQLERRM, 500)
+             WHERE id = r.id;
+            RAISE WARNING 'pg_byok: key % cannot be decrypted with this keyring: %', r.key_id, SQLERRM;
+        END;
+    END LOOP;
+END
+$$;
+
+-- Finding 8: members read keys through byok.list_keys only; the column
+-- SELECT on byok.keys that grant_supabase_roles gave authenticated goes.
+CREATE OR REPLACE FUNCTION byok.grant_supabase_roles() RETURNS text[]
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    granted text[] := '{}';
+    member_functions text := 'byok.add_key(uuid, text, text, text), byok.list_keys(uuid),
+        byok.revoke_key(uuid, text), byok.revalidate_key(uuid), byok.mask(text), byok.redact(text),
+        byok.authorize(uuid)';
+    key_columns text := '(id, workspace_id, vendor, label, masked, status, status_detail,
+        created_at, validated_at, revoked_at)';
+BEGIN
+    PERFORM byok._require_superuser('grant pg_byok to Supabase''s roles');
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
+        -- anon reaches nothing, even if defaults elsewhere granted it something.
+        REVOKE ALL ON ALL FUNCTIONS IN SCHEMA byok FROM anon;
+        REVOKE ALL ON ALL TABLES IN SCHEMA byok FROM anon;
+        REVOKE ALL ON SCHEMA byok FROM anon;
+        granted := granted || 'anon (nothing)'::text;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
+        REVOKE ALL ON ALL FUNCTIONS IN SCHEMA byok FROM authenticated;
+        REVOKE ALL ON ALL TABLES IN SCHEMA byok FROM authenticated;
+        GRANT USAGE ON SCHEMA byok TO authenticated;
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO authenticated', member_functions);
+        granted := granted || 'authenticated'::text;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+        REVOKE ALL ON ALL FUNCTIONS IN SCHEMA byok FROM service_role;
+        REVOKE ALL ON ALL TABLES IN SCHEMA byok FROM service_role;
+        GRANT USAGE ON SCHEMA byok TO service_role;
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s, byok.revoke_workspace(uuid, text) TO service_role',
+                       member_functions);
+        EXECUTE format('GRANT SELECT %s ON byok.keys TO service_role', key_columns);
+        GRANT SELECT ON byok.audit_log, byok.vendor_status TO service_role;
+        -- Supabase creates service_role NOINHERIT: membership alone would not
+        -- carry byok_consumer's EXECUTE, so use_key is granted directly too.
+        GRANT byok_consumer TO service_role;
+        GRANT EXECUTE ON FUNCTION byok.use_key(uuid, text) TO service_role;
+        granted := granted || 'service_role'::text;
+    END IF;
+    RETURN granted;
+END
+$$;
+
+DO $revoke_member_select$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
+        -- Revoking the table privilege revokes its column privileges too.
+        REVOKE SELECT ON byok.keys FROM authenticated;
+    END IF;
+END
+$revoke_member_select$;
+
+-- end of section: security: queue, explain, utility hook, encoding
+
+-- security: tenancy
+--
+-- Reads of app tables (membership, add_key's workspace state, the TRUNCATE
+-- trigger) now run as the table's owner, under a lock taken by OID, through
+-- the Rust functions below (src/app_tables.rs). Workspace tables must be
+-- plain tables without inheritance; rows inserted inactive revoke keys; text
+-- ids are compared as uuids; byok.attachment_problems() reports attached
+-- tables whose revocation was switched off. Every attached table gets its
+-- triggers again (the new INSERT trigger among them).
+
+CREATE FUNCTION byok."_lock_app_table"("tbl" oid) RETURNS bool
+STRICT VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'lock_app_table_wrapper';
+CREATE FUNCTION byok."_is_member"("member_table" oid, "workspace_column" TEXT, "user_column" TEXT,
+                                  "workspace_id" uuid, "subject" uuid) RETURNS bool
+STRICT STABLE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'is_member_wrapper';
+CREATE FUNCTION byok."_workspace_row_state"("workspace_table" oid, "id_column" TEXT, "status_column" TEXT,
+                                            "workspace_id" uuid) RETURNS TEXT
+STABLE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'workspace_row_state_wrapper';
+CREATE FUNCTION byok."_workspace_ids"("workspace_table" oid, "id_column" TEXT) RETURNS TEXT[]
+STRICT VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'workspace_ids_wrapper';
+
+CREATE OR REPLACE FUNCTION byok._as_uuid(value text) RETURNS uuid
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN value ~* '^\s*(\{[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}|[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12})\s*$'
+                THEN btrim(value, E' \t\n\r\f\x0B')::uuid END
+$$;
+
+CREATE OR REPLACE FUNCTION byok.authorize(workspace_id uuid) RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    src byok.member_source;
+    sub uuid;
+BEGIN
+    IF authorize.workspace_id IS NULL THEN
+        RETURN false;
+    END IF;
+    IF byok._caller_is_trusted() THEN
+        RETURN true;
+    END IF;
+    SELECT * INTO src FROM byok.member_source;
+    IF NOT FOUND THEN
+        RETURN false;  -- nothing configured: closed by default
+    END IF;
+    sub := byok._as_uuid(byok._jwt_sub());
+    IF sub IS NULL THEN
+        RETURN false;
+    END IF;
+    -- Locks the table by OID, checks it, and queries it as its owner
+    -- (app_tables.rs): planning it runs the owner's code, never ours.
+    RETURN coalesce(byok._is_member(src.member_table, src.workspace_column, src.user_column,
+                                    authorize.workspace_id, sub), false);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION byok._is_plain_table(tbl regclass) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT relkind = 'r' FROM pg_class WHERE oid = tbl), false)
+$$;
+
+CREATE OR REPLACE FUNCTION byok._uuid_column_type(tbl regclass, col name, what text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    typ text;
+BEGIN
+    PERFORM byok._require(col, what);
+    IF NOT byok._is_plain_table(tbl) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('%s is not a plain table', tbl),
+            HINT = 'Point pg_byok at a plain table: not a view, a foreign or a partitioned table.';
+    END IF;
+    typ := byok._column_type(tbl, col);
+    IF typ IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('table %s has no column %I', tbl, col),
+            HINT = format('Pass the name of the column that holds the %s.', what);
+    END IF;
+    IF NOT byok._id_type_ok(typ) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('column %I of %s is of type %s; pg_byok needs uuid or text', col, tbl, typ),
+            HINT = 'Point pg_byok at a column of type uuid, or text holding uuids.';
+    END IF;
+    RETURN typ;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION byok._check_workspace_table(tbl regclass, id_col name, status_col name) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    problem text;
+BEGIN
+    IF NOT byok._lock_app_table(tbl) THEN
+        problem := 'no longer exists';
+    ELSIF NOT byok._is_plain_table(tbl) THEN
+        problem := 'is no longer a plain table';
+    ELSE
+        problem := byok._inheritance_problem(tbl);
+    END IF;
+    IF problem IS NULL AND (NOT byok._id_type_ok(byok._column_type(tbl, id_col))
+       OR (status_col IS NOT NULL AND NOT byok._status_type_ok(byok._column_type(tbl, status_col)))) THEN
+        problem := 'no longer has the columns byok.attach_workspaces checked';
+    END IF;
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('workspace table %s %s; its workspaces'' keys cannot be revoked with them', tbl, problem),
+            HINT = 'Run byok.attach_workspaces again for this table (a plain table without inheritance; '
+                   'id: uuid or text; status: text or enum), or byok.detach_workspaces.';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION byok._on_workspace_removed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ids uuid[];
+BEGIN
+    PERFORM byok._check_workspace_table(TG_RELID::regclass, TG_ARGV[0], NULL);
+    IF TG_OP = 'TRUNCATE' THEN
+        SELECT array_agg(DISTINCT byok._as_uuid(t.id)) INTO ids
+          FROM unnest(byok._workspace_ids(TG_RELID, TG_ARGV[0])) AS t(id);
+    ELSE
+        EXECUTE format('SELECT array_agg(DISTINCT byok._as_uuid(%I::text)) FROM byok_old_rows', TG_ARGV[0])
+           INTO ids;
+    END IF;
+    IF ids IS NOT NULL THEN
+        PERFORM byok._revoke(NULL, ids, 'workspace deleted', 'workspace_deleted');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION byok._on_workspace_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    status_col name := nullif(TG_ARGV[1], '');
+    gone uuid[];
+    r record;
+BEGIN
+    PERFORM byok._check_workspace_table(TG_RELID::regclass, TG_ARGV[0], status_col);
+    EXECUTE format(
+        'SELECT array_agg(DISTINCT byok._as_uuid(o.%1$I::text)) FROM byok_old_rows o
+          WHERE NOT EXISTS (SELECT 1 FROM byok_new_rows n WHERE n.%1$I = o.%1$I)', TG_ARGV[0])
+       INTO gone;
+    IF gone IS NOT NULL THEN
+        PERFORM byok._revoke(NULL, gone, 'workspace id changed', 'workspace_deleted');
+    END IF;
+    IF status_col IS NULL THEN
+        RETURN NULL;
+    END IF;
+    FOR r IN EXECUTE byok._inactive_rows_sql(TG_ARGV[0], status_col, true) USING byok._inactive_statuses() LOOP
+        PERFORM byok._revoke(NULL, r.ids, format('workspace %s', r.status), 'workspace_' || r.status);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION byok._workspace_state(ws uuid) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    src byok.workspace_source;
+    state text;
+    attached boolean := false;
+BEGIN
+    FOR src IN SELECT * FROM byok.workspace_source LOOP
+        attached := true;
+        IF NOT byok._lock_app_table(src.workspace_table) THEN
+            CONTINUE;
+        END IF;
+        PERFORM byok._check_workspace_table(src.workspace_table, src.id_column, src.status_column);
+        -- Read as the table's owner, uuid spellings compared as uuids.
+        state := byok._workspace_row_state(src.workspace_table, src.id_column, src.status_column, ws);
+        IF state IS NOT NULL THEN
+            RETURN state;
+        END IF;
+    END LOOP;
+    RETURN CASE WHEN attached THEN ' missing' END;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION byok.attach_workspaces(workspace_table regclass, id_column name DEFAULT 'id',
+                                       status_column name DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    status_type text;
+    problem text;
+BEGIN
+    PERFORM byok._require_superuser('attach a workspace table');
+    PERFORM byok._require(attach_workspaces.workspace_table, 'workspace_table');
+    PERFORM byok._lock_app_table(attach_workspaces.workspace_table);
+    PERFORM byok._uuid_column_type(attach_workspaces.workspace_table, attach_workspaces.id_column, 'id_column');
+    problem := byok._inheritance_problem(attach_workspaces.workspace_table);
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('table %s %s; pg_byok''s triggers would miss its rows', attach_workspaces.workspace_table, problem),
+            HINT = 'Attach a plain table without inheritance children or parents (partitioned tables are not supported).';
+    END IF;
+    IF attach_workspaces.status_column IS NOT NULL THEN
+        status_type := byok._column_type(attach_workspaces.workspace_table, attach_workspaces.status_column);
+        IF status_type IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('table %s has no column %I', attach_workspaces.workspace_table,
+                                 attach_workspaces.status_column),
+                HINT = 'Pass the column holding the workspace''s status, or NULL for none.';
+        END IF;
+        IF NOT byok._status_type_ok(status_type) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('status column %I of %s is of type %s; pg_byok needs text or an enum',
+                                 attach_workspaces.status_column, attach_workspaces.workspace_table, status_type),
+                HINT = 'Point pg_byok at a text, varchar or enum status column.';
+        END IF;
+    END IF;
+    PERFORM byok._create_workspace_triggers(attach_workspaces.workspace_table, attach_workspaces.id_column,
+                                            attach_workspaces.status_column);
+    INSERT INTO byok.workspace_source (workspace_table, id_column, status_column)
+    VALUES (attach_workspaces.workspace_table, attach_workspaces.id_column, attach_workspaces.status_column)
+    ON CONFLICT (workspace_table) DO UPDATE
+        SET id_column = excluded.id_column, status_column = excluded.status_column;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION byok._drop_workspace_triggers(tbl regclass) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+BEGIN
+    EXECUTE format('DROP TRIGGER IF EXISTS byok_revoke_on_delete ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS byok_revoke_on_truncate ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS byok_revoke_on_update ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS byok_revoke_on_insert ON %s', tbl);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION byok.detach_workspaces(workspace_table regclass) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM byok._require_superuser('detach a workspace table');
+    PERFORM byok._require(detach_workspaces.workspace_table, 'workspace_table');
+    -- A dropped table took its triggers with it; only its row is left.
+    IF byok._lock_app_table(detach_workspaces.workspace_table) THEN
+        PERFORM byok._drop_workspace_triggers(detach_workspaces.workspace_table);
+    END IF;
+    DELETE FROM byok.workspace_source WHERE workspace_table = detach_workspaces.workspace_table;
+END
+$$;
+
+CREATE FUNCTION byok._inheritance_problem(tbl regclass) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+        WHEN EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = tbl)
+            THEN 'has inheritance children or partitions'
+        WHEN EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = tbl)
+            THEN 'inherits from, or is a partition of, another table'
+    END
+$$;
+
+CREATE FUNCTION byok._inactive_rows_sql(id_col name, status_col name, old_rows boolean) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format(
+        'SELECT lower(btrim(pg_catalog.format(''%%s'', n.%2$I))) AS status,
+                array_agg(DISTINCT byok._as_uuid(n.%1$I::text)) AS ids
+           FROM byok_new_rows n %3$s
+          WHERE lower(btrim(pg_catalog.format(''%%s'', n.%2$I))) = ANY ($1) %4$s
+          GROUP BY 1', id_col, status_col,
+        CASE WHEN old_rows THEN format('JOIN byok_old_rows o ON o.%1$I = n.%1$I', id_col) ELSE '' END,
+        CASE WHEN old_rows THEN format('AND pg_catalog.format(''%%s'', o.%1$I) IS DISTINCT FROM pg_catalog.format(''%%s'', n.%1$I)', status_col) ELSE '' END)
+$$;
+
+CREATE FUNCTION byok._on_workspace_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    PERFORM byok._check_workspace_table(TG_RELID::regclass, TG_ARGV[0], TG_ARGV[1]);
+    FOR r IN EXECUTE byok._inactive_rows_sql(TG_ARGV[0], TG_ARGV[1], false) USING byok._inactive_statuses() LOOP
+        PERFORM byok._revoke(NULL, r.ids, format('workspace %s', r.status), 'workspace_' || r.status);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION byok._create_workspace_triggers(tbl regclass, id_col name, status_col name) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM byok._drop_workspace_triggers(tbl);
+    EXECUTE format('CREATE TRIGGER byok_revoke_on_delete AFTER DELETE ON %s
+                    REFERENCING OLD TABLE AS byok_old_rows
+                    FOR EACH STATEMENT EXECUTE FUNCTION byok._on_workspace_removed(%L)', tbl, id_col);
+    EXECUTE format('CREATE TRIGGER byok_revoke_on_truncate BEFORE TRUNCATE ON %s
+                    FOR EACH STATEMENT EXECUTE FUNCTION byok._on_workspace_removed(%L)', tbl, id_col);
+    -- Transition tables cannot be combined with UPDATE OF <column>, so the
+    -- trigger fires on every UPDATE and compares old and new rows itself.
+    EXECUTE format('CREATE TRIGGER byok_revoke_on_update AFTER UPDATE ON %s
+                    REFERENCING OLD TABLE AS byok_old_rows NEW TABLE AS byok_new_rows
+                    FOR EACH STATEMENT EXECUTE FUNCTION byok._on_workspace_update(%L, %L)',
+                   tbl, id_col, coalesce(status_col, ''));
+    -- Only a status can make an inserted row revoke anything.
+    IF status_col IS NOT NULL THEN
+        EXECUTE format('CREATE TRIGGER byok_revoke_on_insert AFTER INSERT ON %s
+                        REFERENCING NEW TABLE AS byok_new_rows
+                        FOR EACH STATEMENT EXECUTE FUNCTION byok._on_workspace_insert(%L, %L)',
+                       tbl, id_col, status_col);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION byok.attachment_problems()
+RETURNS TABLE (attached_as text, table_name text, problem text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m byok.member_source;
+    w byok.workspace_source;
+    t record;
+BEGIN
+    FOR m IN SELECT * FROM byok.member_source LOOP
+        attached_as := 'members';
+        table_name := m.member_table::text;
+        IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = m.member_table) THEN
+            problem := 'dropped: only superuser and service_role are authorized';
+            RETURN NEXT;
+        ELSIF NOT byok._is_plain_table(m.member_table) THEN
+            problem := 'no longer a plain table: authorization fails closed';
+            RETURN NEXT;
+        ELSIF NOT byok._id_type_ok(byok._column_type(m.member_table, m.workspace_column))
+              OR NOT byok._id_type_ok(byok._column_type(m.member_table, m.user_column)) THEN
+            problem := 'columns no longer uuid or text: authorization fails closed';
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+    FOR w IN SELECT * FROM byok.workspace_source ORDER BY workspace_table LOOP
+        attached_as := 'workspaces';
+        table_name := w.workspace_table::text;
+        IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = w.workspace_table) THEN
+            problem := 'dropped: its workspaces'' keys were not revoked (run byok.detach_workspaces)';
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        problem := CASE
+            WHEN NOT byok._is_plain_table(w.workspace_table) THEN 'no longer a plain table'
+            WHEN byok._inheritance_problem(w.workspace_table) IS NOT NULL
+                THEN byok._inheritance_problem(w.workspace_table)
+            WHEN NOT byok._id_type_ok(byok._column_type(w.workspace_table, w.id_column))
+              OR (w.status_column IS NOT NULL
+                  AND NOT byok._status_type_ok(byok._column_type(w.workspace_table, w.status_column)))
+                THEN 'columns no longer what attach_workspaces checked'
+        END;
+        IF problem IS NOT NULL THEN
+            problem := problem || ': its statements and add_key fail closed';
+            RETURN NEXT;
+        END IF;
+        FOR t IN
+            SELECT e.name, e.fn, tg.tgenabled
+              FROM (VALUES ('byok_revoke_on_delete', 'byok._on_workspace_removed()'::regprocedure),
+                           ('byok_revoke_on_truncate', 'byok._on_workspace_removed()'::regprocedure),
+                           ('byok_revoke_on_update', 'byok._on_workspace_update()'::regprocedure),
+                           ('byok_revoke_on_insert', 'byok._on_workspace_insert()'::regprocedure)) AS e(name, fn)
+              LEFT JOIN pg_trigger tg ON tg.tgrelid = w.workspace_table AND tg.tgname = e.name
+             WHERE e.name <> 'byok_revoke_on_insert' OR w.status_column IS NOT NULL
+        LOOP
+            problem := CASE
+                WHEN t.tgenabled IS NULL THEN format('trigger %s is missing', t.name)
+                WHEN t.tgenabled = 'D' THEN format('trigger %s is disabled', t.name)
+                WHEN t.tgenabled = 'R' THEN format('trigger %s fires only in replica sessions', t.name)
+                WHEN NOT EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = w.workspace_table
+                                    AND tg.tgname = t.name AND tg.tgfoid = t.fn)
+                    THEN format('trigger %s no longer calls %s', t.name, t.fn)
+            END;
+            IF problem IS NOT NULL THEN
+                problem := problem || ' (run byok.attach_workspaces again)';
+                RETURN NEXT;
+            END IF;
+        END LOOP;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION byok.attachment_problems() IS
+    'Attached tables that no longer revoke keys or authorize as configured (dropped, changed, triggers missing or disabled); empty when healthy';
+
+DROP FUNCTION byok._membership_sql(byok.member_source);
+DROP FUNCTION byok._match_uuid(name, text, text);
+
+REVOKE ALL ON FUNCTION byok._lock_app_table(oid), byok._is_member(oid, text, text, uuid, uuid),
+    byok._workspace_row_state(oid, text, text, uuid), byok._workspace_ids(oid, text),
+    byok._inheritance_problem(regclass), byok._inactive_rows_sql(name, name, boolean),
+    byok._on_workspace_insert(), byok._create_workspace_triggers(regclass, name, name),
+    byok.attachment_problems()
+  FROM PUBLIC;
+
+-- Tables attached under 0.1.0: their triggers again, INSERT included; a
+-- table that no longer qualifies (partitioned, inherited) now fails closed,
+-- so say so now.
+DO $tenancy$
+DECLARE
+    w byok.workspace_source;
+    p record;
+BEGIN
+    FOR w IN SELECT * FROM byok.workspace_source LOOP
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = w.workspace_table) THEN
+            PERFORM byok._create_workspace_triggers(w.workspace_table, w.id_column, w.status_column);
+        END IF;
+    END LOOP;
+    FOR p IN SELECT * FROM byok.attachment_problems() LOOP
+        RAISE WARNING 'pg_byok: attached % table %: %', p.attached_as, p.table_name, p.problem;
+    END LOOP;
+END
+$tenancy$;
+
 -- lifecycle: master key rotation
 -- The Rust functions byok._rewrap, byok._ciphertext_version and
 -- byok._loaded_key_versions (src/rewrap.rs, declared as pgrx declares

@@ -86,6 +86,15 @@ BEGIN
             k byok.keys;
         BEGIN
             SELECT * INTO k FROM byok.keys WHERE id = r.key_id;
+            IF NOT FOUND OR k.ciphertext IS NULL THEN
+                -- The key died (revoked, rotated, invalid) after its job was
+                -- queued: nothing is left to validate. Retire the job rather
+                -- than fail the batch for every worker.
+                DELETE FROM byok.jobs WHERE id = r.id;
+                RAISE WARNING 'pg_byok: job % was for key %, which is %; the job was retired',
+                    r.id, r.key_id, coalesce(k.status, 'gone');
+                CONTINUE;
+            END IF;
             job_id := r.id; key_id := k.id; workspace_id := k.workspace_id; vendor := k.vendor;
             attempt := r.attempts; lease_token := r.lease_token;
             api_key := byok._open(k.id, k.workspace_id, k.vendor, k.ciphertext);

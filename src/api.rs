@@ -1,8 +1,6 @@
-//! The public key API (sql/api.sql: add, list, revoke, revalidate, use) and
-//! its #[pg_test]s. The SQL holds the policy; the plaintext is handled only
-//! by the Rust functions in sealing.rs.
-
-pgrx::extension_sql_file!("../sql/api.sql", name = "api", requires = ["internals"]);
+//! The public key API (sql/api.sql: add, list, revoke, revalidate, use;
+//! wired in by schema.rs) and its #[pg_test]s. The SQL holds the policy;
+//! the plaintext is handled only by the Rust functions in sealing.rs.
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]

@@ -21,6 +21,14 @@ pub enum ExtError {
     /// Neither `byok.master_key_file` nor `BYOK_MASTER_KEY` was provided.
     #[error("no master key is configured")]
     NoMasterKey,
+    /// A text argument is not UTF-8 (a database in another encoding; pg_byok
+    /// refuses to be installed in one, but the library may be called there).
+    #[error("{what} is not valid UTF-8 text")]
+    NotUtf8 { what: &'static str },
+    /// An attached app table (by OID) is no longer what pg_byok checked when
+    /// it was attached: not a plain table, or a column retyped or dropped.
+    #[error("workspace table {table} no longer matches what byok.attach_workspaces checked")]
+    AppTableChanged { table: String },
 }
 
 impl ExtError {
@@ -34,9 +42,12 @@ impl ExtError {
                     PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
                 }
             },
-            ExtError::KeyringFile { .. } | ExtError::NoMasterKey => {
+            ExtError::KeyringFile { .. }
+            | ExtError::NoMasterKey
+            | ExtError::AppTableChanged { .. } => {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
+            ExtError::NotUtf8 { .. } => PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
         }
     }
 
@@ -52,6 +63,16 @@ impl ExtError {
             ExtError::NoMasterKey => Some(
                 "Set byok.master_key_file in postgresql.conf (or BYOK_MASTER_KEY in the server's \
                  environment) and restart the server."
+                    .into(),
+            ),
+            ExtError::NotUtf8 { .. } => Some(
+                "pg_byok works in UTF8 databases only: create the database with ENCODING 'UTF8' \
+                 (or dump this one and restore it into a UTF8 database)."
+                    .into(),
+            ),
+            ExtError::AppTableChanged { .. } => Some(
+                "Run byok.attach_workspaces again for this table (a plain table without \
+                 inheritance; id: uuid or text; status: text or enum)."
                     .into(),
             ),
         }

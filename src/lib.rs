@@ -2,14 +2,16 @@
 //!
 //! The Rust side converts types and calls byok-core (normalise, seal, open,
 //! mask, redact, retry rules); the policy that is naturally SQL (tables,
-//! RLS, grants, triggers, the queue) lives in sql/, wired in by schema.rs,
-//! api.rs, queue.rs and tenancy.rs.
+//! RLS, grants, triggers, the queue) lives in sql/, wired in by schema.rs.
+//! Reads of the app's own tables run as their owner (as_owner.rs).
 
 use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
 mod api;
+mod app_tables;
+mod as_owner;
 mod error;
 mod log_hook;
 mod master_key;

@@ -260,30 +260,56 @@ fn is_log_level_output(elevel: i32, log_min_level: i32) -> bool {
 }
 
 /// `bytes` with every key-shaped run masked, or `None` (no allocation) when
-/// there is none. Log text is in the server encoding and may not be UTF-8:
-/// each valid UTF-8 stretch is redacted, other bytes are kept as they are
-/// (they are never key characters, so no key spans them).
+/// there is none. Log text is in the server encoding and may not be UTF-8
+/// (another database of the cluster, e.g. SQL_ASCII, writes the same log):
+/// then a byte that is not part of valid UTF-8 counts as a key character, so
+/// a key broken by such a byte is still masked whole (head and tail), and
+/// every other byte is kept as it is.
 fn redact_bytes(bytes: &[u8]) -> Option<Vec<u8>> {
     if !may_hold_key(bytes) {
         return None;
     }
-    let mut out: Option<Vec<u8>> = None;
-    let mut copied = 0; // bytes of `bytes` already represented in `out`
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return match redact(text) {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(masked) => Some(masked.into_bytes()),
+        };
+    }
+    let ranges = key_ranges_of_bytes(bytes);
+    if ranges.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut copied = 0;
+    for (start, end) in ranges {
+        out.extend_from_slice(&bytes[copied..start]);
+        // The mask of byok-core: '…' and the last 4 characters, here bytes
+        // (every byte of a range is an ASCII key character or a lone byte).
+        out.extend_from_slice("…".as_bytes());
+        out.extend_from_slice(&bytes[end.saturating_sub(4).max(start)..end]);
+        copied = end;
+    }
+    out.extend_from_slice(&bytes[copied..]);
+    Some(out)
+}
+
+/// byok-core's [`key_ranges`] of text that may not be UTF-8: a byte that is
+/// not part of valid UTF-8 counts as a key character (see [`redact_bytes`]).
+///
+/// [`key_ranges`]: byok_core::redact::key_ranges
+pub(crate) fn key_ranges_of_bytes(bytes: &[u8]) -> Vec<(usize, usize)> {
+    if std::str::from_utf8(bytes).is_ok() {
+        return byok_core::redact::key_ranges(bytes);
+    }
+    let mut probe = bytes.to_vec();
     let mut pos = 0;
     for chunk in bytes.utf8_chunks() {
-        let valid = chunk.valid();
-        if let Cow::Owned(masked) = redact(valid) {
-            let buf = out.get_or_insert_with(|| Vec::with_capacity(bytes.len()));
-            buf.extend_from_slice(&bytes[copied..pos]);
-            buf.extend_from_slice(masked.as_bytes());
-            copied = pos + valid.len();
-        }
-        pos += valid.len() + chunk.invalid().len();
+        pos += chunk.valid().len();
+        let bad = chunk.invalid().len();
+        probe[pos..pos + bad].fill(b'x');
+        pos += bad;
     }
-    out.map(|mut buf| {
-        buf.extend_from_slice(&bytes[copied..]);
-        buf
-    })
+    byok_core::redact::key_ranges(&probe)
 }
 
 /// byok-core's cheap pre-check (`sk-`, or a long stretch of key
@@ -354,14 +380,14 @@ mod tests {
         (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
     }
 
-    #[pg_test]
+    #[test]
     fn key_free_bytes_are_not_copied() {
         assert!(redact_bytes(b"").is_none());
         assert!(redact_bytes(b"duration: 0.1 ms  statement: SELECT 1").is_none());
         assert!(redact_bytes(b"sk-learn \xff\xfe ask-me").is_none());
     }
 
-    #[pg_test]
+    #[test]
     fn the_fast_path_looks_for_the_prefix_only() {
         assert!(!may_hold_key(b""));
         assert!(!may_hold_key(b"s"));
@@ -371,7 +397,22 @@ mod tests {
         assert!(may_hold_key(&[b'k'; 40]));
     }
 
-    #[pg_test]
+    #[test]
+    fn a_key_broken_by_an_invalid_byte_is_masked_whole() {
+        let k = key();
+        let (head, tail) = k.split_at(k.len() - 30);
+        let mut input = b"key ".to_vec();
+        input.extend_from_slice(head.as_bytes());
+        input.push(0xff);
+        input.extend_from_slice(tail.as_bytes());
+        input.extend_from_slice(b" \xfe end");
+        let mut expected = b"key ".to_vec();
+        expected.extend_from_slice("…qqAA".as_bytes());
+        expected.extend_from_slice(b" \xfe end");
+        assert_eq!(redact_bytes(&input).unwrap(), expected);
+    }
+
+    #[test]
     fn bytes_around_invalid_utf8_are_kept() {
         let k = key();
         let mut input = b"\xffa ".to_vec();
@@ -451,7 +492,7 @@ mod tests {
         );
     }
 
-    #[pg_test]
+    #[test]
     fn log_level_ranking_matches_elog_c() {
         let (log, err, warn, fatal, debug1) = (
             pg_sys::LOG as i32,

@@ -1,11 +1,9 @@
 //! Queue rules the SQL side asks Rust for: retry delay and attempt limit
-//! (byok-core decides them, so the sidecar and the extension agree), and the
-//! workspace statuses that revoke keys. Also wires in sql/queue.sql (claim,
-//! finish, release, defer, vendor status) and holds its #[pg_test]s.
+//! (byok-core decides them, so the sidecar and the extension agree). The
+//! #[pg_test]s of sql/queue.sql (claim, finish, release, defer, vendor
+//! status; wired in by schema.rs) live here too.
 
 use pgrx::prelude::*;
-
-pgrx::extension_sql_file!("../sql/queue.sql", name = "queue", requires = ["internals"]);
 
 /// Seconds until a job that asked for a retry may be claimed again.
 #[pg_extern(volatile, name = "_retry_delay")]
@@ -23,35 +21,16 @@ fn max_attempts() -> i32 {
     crate::settings::MAX_ATTEMPTS.get()
 }
 
-/// The statuses that revoke a workspace's keys (setting `byok.inactive_statuses`).
-#[pg_extern(stable, name = "_inactive_statuses")]
-#[search_path(pg_catalog, pg_temp)]
-fn inactive_statuses() -> Vec<String> {
-    crate::settings::inactive_statuses()
-}
-
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
     use crate::tests_support::*;
     use pgrx::prelude::*;
 
-    #[pg_test]
+    #[test]
     fn retry_delay_honours_retry_after() {
-        let secs = Spi::get_one::<f64>("SELECT byok._retry_delay(1, 120)")
-            .unwrap()
-            .unwrap();
+        let secs = super::retry_delay(Some(1), Some(120));
         assert!(secs >= 120.0, "Retry-After of 120 s gave {secs}");
-    }
-
-    #[pg_test]
-    fn inactive_statuses_default_list() {
-        let list = Spi::get_one::<Vec<String>>("SELECT byok._inactive_statuses()")
-            .unwrap()
-            .unwrap();
-        for s in ["paused", "cancelled", "canceled", "suspended", "deleted"] {
-            assert!(list.iter().any(|x| x == s), "{s} missing from {list:?}");
-        }
     }
 
     #[pg_test]

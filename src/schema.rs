@@ -1,16 +1,32 @@
-//! The schema's hand-written SQL that belongs to no single function group:
-//! tables and roles first, shared internals next, privileges last.
+//! Every hand-written SQL file, wired into CREATE EXTENSION from this one
+//! place, each naming what it needs.
 //!
-//! CREATE EXTENSION runs: bootstrap (roles, type, tables) → the Rust
-//! functions → internals → api / queue / tenancy (declared in api.rs,
-//! queue.rs, tenancy.rs) → rewrap (master key rotation) → grants (last: it
-//! grants what the others created).
+//! CREATE EXTENSION runs: bootstrap (roles, type, tables and the audit
+//! trail's guards) → the Rust functions → internals (caller, audit writer,
+//! revocation) → api / queue / tenancy, which call internals → rewrap
+//! (master key rotation; its view needs its Rust functions) → grants (last:
+//! it grants what all the others created). Function bodies are checked only
+//! when called, so `requires` lists what a file's statements use when they
+//! run: the tables, and internals for the function groups built on them.
 
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+// UTF8 databases only: refuses the install anywhere else (see src/text.rs).
+pgrx::extension_sql_file!(
+    "../sql/encoding.sql",
+    name = "encoding",
+    requires = ["bootstrap"]
+);
 pgrx::extension_sql_file!(
     "../sql/internals.sql",
     name = "internals",
     requires = ["bootstrap"]
+);
+pgrx::extension_sql_file!("../sql/api.sql", name = "api", requires = ["internals"]);
+pgrx::extension_sql_file!("../sql/queue.sql", name = "queue", requires = ["internals"]);
+pgrx::extension_sql_file!(
+    "../sql/tenancy.sql",
+    name = "tenancy",
+    requires = ["internals"]
 );
 pgrx::extension_sql_file!(
     "../sql/rewrap.sql",

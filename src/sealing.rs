@@ -9,6 +9,7 @@
 use crate::error::{ExtError, OrRaise};
 use crate::master_key::{keyring, keyring_holding};
 use crate::settings::min_decrypt_version;
+use crate::text::TextArg;
 use byok_core::envelope::{self, Aad};
 use byok_core::{keys, mask, CoreError, Vendor};
 use pgrx::prelude::*;
@@ -29,8 +30,8 @@ pub(crate) fn aad(key_id: &Uuid, workspace_id: &Uuid, vendor: Vendor) -> Aad {
 /// Canonical vendor name ('anthropic' | 'openai'), or 22023.
 #[pg_extern(immutable, parallel_safe, name = "_vendor")]
 #[search_path(pg_catalog, pg_temp)]
-fn vendor_name(vendor: Option<&str>) -> &'static str {
-    Vendor::parse(required(vendor, "vendor"))
+fn vendor_name(vendor: Option<TextArg<'_>>) -> &'static str {
+    Vendor::parse(required(vendor, "vendor").utf8("vendor"))
         .or_raise()
         .as_str()
 }
@@ -40,8 +41,8 @@ fn vendor_name(vendor: Option<&str>) -> &'static str {
 #[search_path(pg_catalog, pg_temp)]
 fn seal(
     workspace_id: Option<Uuid>,
-    vendor: Option<&str>,
-    api_key: Option<&str>,
+    vendor: Option<TextArg<'_>>,
+    api_key: Option<TextArg<'_>>,
 ) -> TableIterator<
     'static,
     (
@@ -52,8 +53,8 @@ fn seal(
     ),
 > {
     let workspace_id = required(workspace_id, "workspace_id");
-    let vendor = Vendor::parse(required(vendor, "vendor")).or_raise();
-    let key = keys::normalize(vendor, required(api_key, "api_key")).or_raise();
+    let vendor = Vendor::parse(required(vendor, "vendor").utf8("vendor")).or_raise();
+    let key = keys::normalize(vendor, required(api_key, "api_key").utf8("api_key")).or_raise();
     let id = Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
     let blob = envelope::seal_unretired(
         &keyring().or_raise(),
@@ -75,12 +76,12 @@ fn seal(
 fn open(
     key_id: Option<Uuid>,
     workspace_id: Option<Uuid>,
-    vendor: Option<&str>,
+    vendor: Option<TextArg<'_>>,
     ciphertext: Option<&[u8]>,
 ) -> String {
     let key_id = required(key_id, "key_id");
     let workspace_id = required(workspace_id, "workspace_id");
-    let vendor = Vendor::parse(required(vendor, "vendor")).or_raise();
+    let vendor = Vendor::parse(required(vendor, "vendor").utf8("vendor")).or_raise();
     let blob = required(ciphertext, "ciphertext");
     // The blob's own version: a newer one than this backend holds makes it
     // re-read the keyring file (see master_key::keyring_holding).

@@ -1,17 +1,32 @@
-//! Tenancy (sql/tenancy.sql: authorize, attach/detach members and
-//! workspaces, revocation triggers, RLS policies) and its #[pg_test]s.
+//! Tenancy (sql/tenancy.sql, wired in by schema.rs: authorize, attach and
+//! detach members and workspaces, revocation triggers, RLS policies): the
+//! workspace statuses that revoke keys, and the #[pg_test]s. The reads of
+//! app tables are in app_tables.rs.
 
-pgrx::extension_sql_file!(
-    "../sql/tenancy.sql",
-    name = "tenancy",
-    requires = ["internals"]
-);
+use pgrx::prelude::*;
+
+/// The statuses that revoke a workspace's keys (setting `byok.inactive_statuses`).
+#[pg_extern(stable, name = "_inactive_statuses")]
+#[search_path(pg_catalog, pg_temp)]
+fn inactive_statuses() -> Vec<String> {
+    crate::settings::inactive_statuses()
+}
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {
     use crate::tests_support::*;
     use pgrx::prelude::*;
+
+    #[pg_test]
+    fn inactive_statuses_default_list() {
+        let list = Spi::get_one::<Vec<String>>("SELECT byok._inactive_statuses()")
+            .unwrap()
+            .unwrap();
+        for s in ["paused", "cancelled", "canceled", "suspended", "deleted"] {
+            assert!(list.iter().any(|x| x == s), "{s} missing from {list:?}");
+        }
+    }
 
     #[pg_test]
     fn authorize_is_true_for_superusers_and_closed_otherwise() {

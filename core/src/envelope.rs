@@ -49,7 +49,7 @@ const MAX_SEALED_LEN: usize = (1 << 36) - 32;
 /// A header this many byte edits (substitution, insertion, deletion) from a
 /// loaded key's header was damaged in storage: another key's header differs
 /// in ~15 of the 16 fingerprint bytes, and no alignment brings random bytes
-/// within 3 edits (odds around 2^-100).
+/// within 3 edits (odds below 2^-80).
 pub const MAX_HEADER_EDITS: usize = 3;
 
 /// Encrypts `plaintext` under the keyring's primary key, bound to `aad`.

@@ -62,11 +62,13 @@ impl KeyKind {
 }
 
 /// The characters both vendors use in key bodies (base64url alphabet).
-pub(crate) fn is_key_byte(b: u8) -> bool {
+pub(crate) const fn is_key_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
 }
 
-const OPENAI_MARKER: &str = "T3BlbkFJ"; // base64 of "OpenAI"
+/// base64 of "OpenAI": the middle of every OpenAI key (redaction looks for
+/// it too).
+pub(crate) const OPENAI_MARKER: &str = "T3BlbkFJ";
 
 /// Which vendor and kind `candidate` is, if it is exactly one well-formed
 /// credential (no surrounding whitespace; see [`normalize`] for that).

@@ -3,12 +3,18 @@
 //! The extension and the sidecar both link this crate, so a key shape, a mask
 //! rule or a redaction pattern exists exactly once.
 //!
-//! Layers (a module uses only those above it; `error` is a leaf over the
-//! `Vendor` enum):
-//! `vendor` → `error` → `keys` → `mask` → `redact` → `vendor_name`,
-//! `keyring` → `envelope`; `backoff` on top.
+//! Modules in layers, each using only those on earlier lines (no import
+//! cycles; `tests/module_layers.rs` checks):
+//! 1. `vendor` (the `Vendor` enum), `backoff`: nothing;
+//! 2. `error`: only `Vendor`, so every module can return `CoreError`;
+//! 3. `keys` (key shapes), `keyring` (master keys);
+//! 4. `mask`, then `redact` (the log redaction rule);
+//! 5. `vendor_name` (parsing vendor names), `envelope`.
+//!
+//! `samples` (feature `samples`): sample keys for the tests of every crate.
 #![forbid(unsafe_code)]
 
+pub mod app_sql;
 pub mod backoff;
 pub mod envelope;
 pub mod error;

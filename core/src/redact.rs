@@ -53,15 +53,12 @@ mod pieces;
 
 use std::borrow::Cow;
 
-use memchr::memmem;
-
 use crate::mask::mask;
 use pieces::{pieces, Piece, MAX_GAP_BYTES};
 
 const PREFIX: &[u8] = b"sk-";
 
-/// base64 of "OpenAI": the middle of every OpenAI key.
-const OPENAI_MARKER: &[u8] = b"T3BlbkFJ";
+const OPENAI_MARKER: &[u8] = crate::keys::OPENAI_MARKER.as_bytes();
 
 /// Key characters that must follow `sk-` (rules 1 and 2). Shorter runs are
 /// ordinary words (`sk-learn`); real keys have 48+.
@@ -123,23 +120,30 @@ pub fn contains_key_shaped(text: &str) -> bool {
 /// separator, a `-` with an `s` and then a `k` shortly before it), the
 /// `T3BlbkFJ` marker, or 40 key characters in a row.
 pub fn may_hold_key(bytes: &[u8]) -> bool {
-    may_hold_sk(bytes) || MARKER_FINDER.find(bytes).is_some() || has_stretch(bytes, MIN_BARE_RUN)
+    may_hold_sk_or_marker(bytes) || has_stretch(bytes, MIN_BARE_RUN)
 }
 
-/// Built once: `memmem::find` would build a searcher on every log line.
-static MARKER_FINDER: std::sync::LazyLock<memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memmem::Finder::new(OPENAI_MARKER));
-
 /// Whether some `-` has an `s` followed by a `k` before it, within the two
-/// gaps an `sk-` broken twice can span (so a plain `sk-` too).
-/// Over-approximates (`task-`, `desk -`): it only decides whether to look
-/// closer.
-fn may_hold_sk(bytes: &[u8]) -> bool {
+/// gaps an `sk-` broken twice can span (so a plain `sk-` too), or some `T`
+/// starts the marker. Over-approximates (`task-`,
+/// `desk -`): it only decides whether to look closer.
+fn may_hold_sk_or_marker(bytes: &[u8]) -> bool {
     const REACH: usize = 2 * MAX_GAP_BYTES + 2;
-    memchr::memchr_iter(b'-', bytes).any(|dash| {
+    let sk = memchr::memchr_iter(b'-', bytes).any(|dash| {
         let before = &bytes[dash.saturating_sub(REACH)..dash];
         memchr::memrchr(b'k', before).is_some_and(|k| memchr::memchr(b's', &before[..k]).is_some())
-    })
+    });
+    sk || MARKER_FINDER.find(bytes).is_some()
+}
+
+/// Built once: `memmem::find` would build a searcher on every call.
+static MARKER_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(OPENAI_MARKER));
+
+/// Where the marker starts in `text`, if anywhere (a `T` is rare enough in
+/// key-character text that this beats a searcher's setup).
+fn markers(text: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    memchr::memchr_iter(b'T', text).filter(move |&t| text[t..].starts_with(OPENAI_MARKER))
 }
 
 /// Whether `bytes` has `len` key characters in a row. Looks at every
@@ -206,11 +210,14 @@ impl Group {
         self.text.clear();
         self.starts.clear();
         self.regions.clear();
+        self.text
+            .reserve(pieces[pieces.len() - 1].end - pieces[0].start);
+        self.starts.reserve(pieces.len());
         for p in pieces {
             self.starts.push(self.text.len());
             self.text.extend_from_slice(&bytes[p.start..p.end]);
         }
-        self.find_regions(bytes, pieces);
+        self.find_regions(pieces);
         if self.regions.is_empty() {
             return;
         }
@@ -240,7 +247,7 @@ impl Group {
     }
 
     /// Rules 1 to 4 of the module docs.
-    fn find_regions(&mut self, bytes: &[u8], pieces: &[Piece]) {
+    fn find_regions(&mut self, pieces: &[Piece]) {
         let mut regions = std::mem::take(&mut self.regions);
         let text = &self.text;
         // Every `sk-` of the group: each `-` with `sk` before it.
@@ -280,17 +287,16 @@ impl Group {
         };
         let mut other_regions = Vec::new();
         for (i, p) in pieces.iter().enumerate() {
-            let start = self.starts[i];
             if p.len() >= MIN_BARE_RUN {
-                other_regions.push((start, start + p.len()));
+                other_regions.push((self.starts[i], self.starts[i] + p.len()));
             }
-            let piece = &bytes[p.start..p.end];
-            for m in MARKER_FINDER.find_iter(piece).map(|m| start + m) {
-                if !is_covered(m) {
-                    let end = (m + OPENAI_MARKER.len() + MARKER_REACH).min(text.len());
-                    other_regions.push((m.saturating_sub(MARKER_REACH), end));
-                }
-            }
+        }
+        // Markers inside one piece (a marker reassembled across a gap is
+        // left to rules 1 and 2).
+        let whole = |m: usize| self.piece_at(m) == self.piece_at(m + OPENAI_MARKER.len() - 1);
+        for m in markers(text).filter(|&m| whole(m) && !is_covered(m)) {
+            let end = (m + OPENAI_MARKER.len() + MARKER_REACH).min(text.len());
+            other_regions.push((m.saturating_sub(MARKER_REACH), end));
         }
         regions.append(&mut other_regions);
         self.regions = regions;
@@ -307,32 +313,12 @@ impl Group {
     }
 }
 
-/// Whether a group can hold a region at all: an `sk-` in its reassembled
-/// text, the marker, or a piece of [`MIN_BARE_RUN`]. Reads the pieces in
-/// place (the reassembled text is built only when this says yes).
+/// Whether a group can hold a region at all: a piece of [`MIN_BARE_RUN`],
+/// or, anywhere in its span, what [`may_hold_key`] looks for. Most groups of
+/// a log line fail this, and then cost no copy and no search.
 fn may_anchor(bytes: &[u8], pieces: &[Piece]) -> bool {
-    let mut last_two = [0u8; 2]; // the reassembled text's last two bytes so far
-    for p in pieces {
-        let piece = &bytes[p.start..p.end];
-        if piece.len() >= MIN_BARE_RUN || MARKER_FINDER.find(piece).is_some() {
-            return true;
-        }
-        for dash in memchr::memchr_iter(b'-', piece) {
-            let before = match dash {
-                0 => last_two,
-                1 => [last_two[1], piece[0]],
-                _ => [piece[dash - 2], piece[dash - 1]],
-            };
-            if &before == b"sk" {
-                return true;
-            }
-        }
-        last_two = match piece.len() {
-            1 => [last_two[1], piece[0]],
-            n => [piece[n - 2], piece[n - 1]],
-        };
-    }
-    false
+    let span = &bytes[pieces[0].start..pieces[pieces.len() - 1].end];
+    pieces.iter().any(|p| p.len() >= MIN_BARE_RUN) || may_hold_sk_or_marker(span)
 }
 
 fn is_legacy_openai_start(after_sk: &[u8]) -> bool {

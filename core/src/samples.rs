@@ -12,7 +12,12 @@
 //! * [`anthropic_api`] … [`openai_legacy`]: one fixed key per published shape,
 //!   for tests that check lengths and kinds.
 //! * [`random_master_key_hex`]: a fresh master key.
-//! * [`strategies`]: proptest generators of keys and of text around them.
+//! * [`strategies`]: proptest generators of keys, of text around them, and
+//!   of keys broken by the separators logs and JSON insert.
+//!
+//! Another crate's tests turn it on in its `Cargo.toml` (dev-dependencies
+//! only, so shipped builds never see it):
+//! `[dev-dependencies] byok-core = { workspace = true, features = ["samples"] }`.
 
 pub mod strategies;
 

@@ -46,43 +46,6 @@ fn assert_no_piece_of_12(out: &str, key: &str) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// One separator that logs and JSON put inside a key: whitespace of every
-/// kind, line breaks with indentation, quotes and concatenation, `.` and
-/// `:`, JSON escapes (`\n` as two characters, doubly escaped `\\n`,
-/// `\u2028`), URL escapes (`%0A`), and short runs of these.
-fn separator() -> impl Strategy<Value = String> {
-    let unit = prop::sample::select(vec![
-        " ", "\n", "\r\n", "\t", r"\n", r"\\n", r"\r\n", r"\t", r"\u2028", r"\u00a0", "%0A",
-        "%0D%0A", "%20", "%C2%A0", "\u{A0}", "\u{2028}", "\u{2029}", "\u{200B}", "\u{FEFF}", ".",
-        ":", ";", ",", "'", "\"", "|", "+",
-    ]);
-    prop_oneof![
-        prop::collection::vec(unit, 1..=3).prop_map(|v| v.concat()),
-        (0usize..48).prop_map(|n| format!("\n{}", " ".repeat(n))),
-        (0usize..40).prop_map(|n| format!(r"\n{}", " ".repeat(n))),
-        Just("' || '".to_owned()),
-        Just("\" +\n  \"".to_owned()),
-    ]
-}
-
-/// `key` cut at 1 to 8 arbitrary points, each cut filled with a separator.
-fn broken(key: String) -> impl Strategy<Value = (String, String)> {
-    let len = key.len();
-    prop::collection::vec((1..len, separator()), 1..=8).prop_map(move |mut cuts| {
-        cuts.sort_by_key(|(at, _)| *at);
-        cuts.dedup_by_key(|(at, _)| *at);
-        let mut text = String::new();
-        let mut from = 0;
-        for (at, sep) in cuts {
-            text.push_str(&key[from..at]);
-            text.push_str(&sep);
-            from = at;
-        }
-        text.push_str(&key[from..]);
-        (key.clone(), text)
-    })
-}
-
 fn any_key_shaped() -> impl Strategy<Value = String> {
     prop_oneof![3 => any_published_key(), 1 => malformed_sk_run()]
 }
@@ -140,7 +103,7 @@ proptest! {
 
     #[test]
     fn a_key_broken_anywhere_leaves_no_piece_of_12(
-        (key, text) in any_published_key().prop_flat_map(broken),
+        (key, text) in any_published_key().prop_flat_map(broken_key),
         (before, after) in (filler(), filler()),
     ) {
         let text = format!("{before}{text}{after}");
@@ -153,7 +116,7 @@ proptest! {
 
     #[test]
     fn broken_keys_in_json_and_urls_are_masked(
-        (key, text) in any_published_key().prop_flat_map(broken),
+        (key, text) in any_published_key().prop_flat_map(broken_key),
         (open, close) in prop::sample::select(vec![
             ("{\"key\":\"", "\"}"), ("?api_key=", "&v=1"), ("Authorization: Bearer ", "\r\n"),
             ("['", "']"), ("key=", ""), ("", ""),
@@ -168,9 +131,9 @@ proptest! {
     #[test]
     fn the_fast_path_never_skips_a_key(text in prop_oneof![
         any::<String>(),
-        (filler(), any_published_key().prop_flat_map(broken), filler())
+        (filler(), any_published_key().prop_flat_map(broken_key), filler())
             .prop_map(|(a, (_, k), b)| format!("{a}{k}{b}")),
-        prop::collection::vec(prop_oneof![filler(), separator(), "[A-Za-z0-9_-]{0,30}"], 0..12)
+        prop::collection::vec(prop_oneof![filler(), key_separator(), "[A-Za-z0-9_-]{0,30}"], 0..12)
             .prop_map(|v| v.concat()),
     ]) {
         prop_assert!(may_hold_key(text.as_bytes()) || key_ranges(text.as_bytes()).is_empty());

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::keys::random_master_key_hex;
+use crate::random_master_key_hex;
 
 /// Where the server binaries live (Debian's PostgreSQL 15). Overridable with
 /// the environment variable `BYOK_PG_BIN`.
@@ -53,6 +53,10 @@ pub struct ClusterOptions {
     pub master_key_env: Option<String>,
     /// `CREATE EXTENSION pg_byok` in database `byok` (default true).
     pub create_extension: bool,
+    /// Directory of the server binaries. `None` (default): [`pg_bin`]'s
+    /// (`BYOK_PG_BIN` or [`PG_BIN`]). A private install root
+    /// ([`crate::PgRoot`]) serves the extension files placed in it.
+    pub pg_bin_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -63,6 +67,7 @@ impl Default for ClusterOptions {
             keyring: None,
             master_key_env: None,
             create_extension: true,
+            pg_bin_dir: None,
         }
     }
 }
@@ -78,6 +83,7 @@ pub struct Cluster {
     master_key_env: Option<String>,
     port: u16,
     running: bool,
+    bin_dir: PathBuf,
 }
 
 fn is_root() -> bool {
@@ -241,6 +247,7 @@ impl Cluster {
             master_key_env: opts.master_key_env.clone(),
             port: free_port(),
             running: false,
+            bin_dir: opts.pg_bin_dir.clone().unwrap_or_else(|| pg_bin("")),
             dir,
         };
         // From here on a panic drops `c`, which stops the server and removes the dir.
@@ -281,7 +288,7 @@ impl Cluster {
     }
 
     fn initdb(&self) {
-        let mut cmd = Command::new(pg_bin("initdb"));
+        let mut cmd = Command::new(self.bin("initdb"));
         cmd.arg("-D")
             .arg(&self.data)
             .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"])
@@ -332,7 +339,7 @@ impl Cluster {
         assert!(!self.running, "start: the cluster is already running");
         for attempt in 1..=PORT_ATTEMPTS {
             let log_len_before = fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
-            let mut cmd = Command::new(pg_bin("pg_ctl"));
+            let mut cmd = Command::new(self.bin("pg_ctl"));
             cmd.arg("start")
                 .args(["-w", "-t", "60", "-D"])
                 .arg(&self.data)
@@ -422,6 +429,17 @@ impl Cluster {
             .unwrap_or_else(|e| self.fail(&format!("connect as {user} to database {db}"), &e))
     }
 
+    /// Path of a server binary of this cluster's install (see
+    /// [`ClusterOptions::pg_bin_dir`]).
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+
+    /// A new session as superuser `postgres` in database `db`.
+    pub fn client_db(&self, db: &str) -> postgres::Client {
+        self.connect("postgres", db)
+    }
+
     /// A new session as superuser `postgres` in database `byok`.
     pub fn client(&self) -> postgres::Client {
         self.connect("postgres", "byok")
@@ -490,7 +508,7 @@ impl Cluster {
     /// `pg_ctl stop -m fast` (clean shutdown, checkpoint written).
     pub fn stop(&mut self) {
         assert!(self.running, "stop: the cluster is not running");
-        let mut cmd = Command::new(pg_bin("pg_ctl"));
+        let mut cmd = Command::new(self.bin("pg_ctl"));
         cmd.args(["stop", "-w", "-t", "60", "-m", "fast", "-D"])
             .arg(&self.data)
             .current_dir(&self.dir);
@@ -538,7 +556,7 @@ impl Cluster {
     }
 
     fn psql_cmd(&self, extra: &[&str], sql: &str) -> Output {
-        let mut cmd = Command::new(pg_bin("psql"));
+        let mut cmd = Command::new(self.bin("psql"));
         cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.dir)
             .arg("-p")
@@ -592,7 +610,7 @@ impl Cluster {
             self.running = false;
             return;
         }
-        let mut cmd = Command::new(pg_bin("pg_ctl"));
+        let mut cmd = Command::new(self.bin("pg_ctl"));
         cmd.args(["stop", "-w", "-t", "30", "-m", "immediate", "-D"])
             .arg(&self.data)
             .current_dir(&self.dir);
@@ -635,6 +653,7 @@ mod tests {
         let o = ClusterOptions::default();
         assert!(o.preload && o.create_extension);
         assert!(o.keyring.is_none() && o.master_key_env.is_none() && o.extra_conf.is_empty());
+        assert!(o.pg_bin_dir.is_none());
     }
 
     #[test]

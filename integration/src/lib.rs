@@ -16,15 +16,22 @@
 //! ```
 
 pub mod api_doc;
+mod catalog;
 mod cluster;
-mod keys;
+pub mod collect;
+mod pgroot;
+pub mod release;
 pub mod repo_docs;
 mod scan;
+pub mod sidecar;
 mod sql;
 
-pub use cluster::{Cluster, ClusterOptions, PG_BIN};
-pub use keys::{random_master_key_hex, sample_key};
-pub use scan::grep_dir;
+/// The workspace's one set of sample-key builders (byok-core, feature `samples`).
+pub use byok_core::samples::{random_master_key_hex, sample_key, sample_key_marked};
+pub use catalog::Catalog;
+pub use cluster::{pg_bin, Cluster, ClusterOptions, PG_BIN};
+pub use pgroot::PgRoot;
+pub use scan::{grep_dir, search, Hit};
 pub use sql::{sqlstate, wait_until};
 
 /// Re-exported so tests use the same `postgres` crate version as the harness.

@@ -30,7 +30,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pgrx::pg_sys;
 
-use super::{may_hold_key, palloc_cstring};
+use super::{key_ranges_of_bytes, may_hold_key, palloc_cstring};
 use crate::settings::REDACT_LOGS;
 
 static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
@@ -93,6 +93,50 @@ unsafe extern "C-unwind" fn byok_process_utility(
     // text of the same length that lives in the current memory context
     // (which outlives this call).
     unsafe {
+        call_down(
+            prev,
+            pstmt,
+            text,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        );
+    }
+    if text != query_string {
+        // The copy is ours and nothing keeps it past the call (whoever needs
+        // the text later copies it: PREPARE, DECLARE CURSOR, pg_stat_statements).
+        // Free it now: a SQL-language function hands every utility statement
+        // its whole body, in a context that lives until the outer query ends,
+        // so one copy per statement per call would pile up. Not reached when
+        // the command raises an ERROR: then the context's reset frees it.
+        // SAFETY: `text` was palloc'd by masked_query_string in the context
+        // that was current on entry, which is still alive on normal return.
+        unsafe { pgrx::pg_sys::pfree(text.cast_mut().cast()) };
+    }
+}
+
+/// The next `ProcessUtility` in the chain: the hook installed before ours,
+/// or Postgres' own.
+///
+/// # Safety
+/// Postgres' `ProcessUtility` arguments, unchanged but for the query text.
+#[allow(clippy::too_many_arguments)]
+unsafe fn call_down(
+    prev: pg_sys::ProcessUtility_hook_type,
+    pstmt: *mut pg_sys::PlannedStmt,
+    text: *const c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
         match prev {
             Some(prev) => prev(
                 pstmt,
@@ -142,16 +186,15 @@ unsafe fn masked_query_string(query_string: *const c_char) -> *const c_char {
     }
 }
 
-/// `bytes` with each key-shaped run (byok-core's [`key_ranges`], the rule
-/// used everywhere) overwritten (see [`blank`]) except its last 4
+/// `bytes` with each key-shaped run (byok-core's `key_ranges`, the rule
+/// used everywhere, with bytes that are not UTF-8 counted as key characters:
+/// [`key_ranges_of_bytes`]) overwritten (see [`blank`]) except its last 4
 /// characters, same length; `None` when there is none.
-///
-/// [`key_ranges`]: byok_core::redact::key_ranges
 fn mask_same_length(bytes: &[u8]) -> Option<Vec<u8>> {
     if !may_hold_key(bytes) {
         return None;
     }
-    let ranges = byok_core::redact::key_ranges(bytes);
+    let ranges = key_ranges_of_bytes(bytes);
     if ranges.is_empty() {
         return None;
     }

@@ -44,17 +44,30 @@ enum Unit {
     Other,
 }
 
+/// [`is_key_byte`] as a table: this loop sees every byte of a log line
+/// that may hold a key.
+const KEY_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = is_key_byte(b as u8);
+        b += 1;
+    }
+    table
+};
+
 /// Every piece of `bytes`, in order.
 pub(super) fn pieces(bytes: &[u8]) -> Vec<Piece> {
-    let mut out: Vec<Piece> = Vec::new();
+    let mut out: Vec<Piece> = Vec::with_capacity(bytes.len() / 8 + 1);
     let mut gap = Gap::default();
     let mut i = 0;
     while i < bytes.len() {
-        if is_key_byte(bytes[i]) {
+        if KEY_BYTE[bytes[i] as usize] {
             let start = i;
-            while i < bytes.len() && is_key_byte(bytes[i]) {
-                i += 1;
-            }
+            i += bytes[i..]
+                .iter()
+                .position(|&b| !KEY_BYTE[b as usize])
+                .unwrap_or(bytes.len() - i);
             let joined = !out.is_empty() && gap.joins();
             out.push(Piece {
                 start,

@@ -238,3 +238,27 @@ fn large_hostile_input_is_linear() {
     assert!(matches!(redact(&dashes), Cow::Borrowed(_)));
     eprintln!("{:?}", started.elapsed());
 }
+
+#[test]
+fn fast_path_examples() {
+    for line in [
+        &b""[..],
+        b"s",
+        b"plain log line \xff with - dashes sk",
+        b"2026-11-29 07:34:38.123 UTC [12345] LOG:  duration: 0.123 ms",
+        b"checkpoint starting: time",
+    ] {
+        assert!(!may_hold_key(line), "{}", String::from_utf8_lossy(line));
+    }
+    for line in [
+        &b"x sk-"[..],
+        b"sk-learn",
+        b"s\nk-",
+        b"sk\\n-",
+        b"s k -",
+        b"T3BlbkFJ",
+        &[b'k'; 40],
+    ] {
+        assert!(may_hold_key(line), "{}", String::from_utf8_lossy(line));
+    }
+}

@@ -60,3 +60,42 @@ pub fn key_free_text() -> impl Strategy<Value = String> {
     proptest::string::string_regex(r#"([a-zA-Z0-9_]{0,12}[ "'{}:,=&?/\\.\n\té→]){0,16}"#)
         .expect("valid regex")
 }
+
+/// One separator that logs and JSON put inside a key: whitespace of every
+/// kind, line breaks with indentation, quotes and concatenation, `.` and
+/// `:`, JSON escapes (`\n` as two characters, doubly escaped `\\n`,
+/// `\u2028`), URL escapes (`%0A`), and short runs of these.
+pub fn key_separator() -> impl Strategy<Value = String> {
+    let unit = prop::sample::select(vec![
+        " ", "\n", "\r\n", "\t", r"\n", r"\\n", r"\r\n", r"\t", r"\u2028", r"\u00a0", "%0A",
+        "%0D%0A", "%20", "%C2%A0", "\u{A0}", "\u{2028}", "\u{2029}", "\u{200B}", "\u{FEFF}", ".",
+        ":", ";", ",", "'", "\"", "|", "+",
+    ]);
+    prop_oneof![
+        prop::collection::vec(unit, 1..=3).prop_map(|v| v.concat()),
+        (0usize..48).prop_map(|n| format!("\n{}", " ".repeat(n))),
+        (0usize..40).prop_map(|n| format!(r"\n{}", " ".repeat(n))),
+        Just("' || '".to_owned()),
+        Just("\" +\n  \"".to_owned()),
+    ]
+}
+
+/// `key` cut at 1 to 8 arbitrary points, each cut filled with a
+/// [`key_separator`]: `(key, broken text)`. Redaction must leave no 12
+/// characters in a row of the key's secret part (core/tests/redact_props.rs).
+pub fn broken_key(key: String) -> impl Strategy<Value = (String, String)> {
+    let len = key.len();
+    prop::collection::vec((1..len, key_separator()), 1..=8).prop_map(move |mut cuts| {
+        cuts.sort_by_key(|(at, _)| *at);
+        cuts.dedup_by_key(|(at, _)| *at);
+        let mut text = String::new();
+        let mut from = 0;
+        for (at, sep) in cuts {
+            text.push_str(&key[from..at]);
+            text.push_str(&sep);
+            from = at;
+        }
+        text.push_str(&key[from..]);
+        (key.clone(), text)
+    })
+}

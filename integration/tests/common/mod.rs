@@ -3,6 +3,9 @@
 //! documented column names), and assertion helpers.
 #![allow(dead_code)]
 
+pub mod lifecycle;
+pub mod supabase;
+
 use byok_integration::postgres::{self, GenericClient, Row};
 use byok_integration::{sqlstate, Cluster};
 use std::fmt::Debug;
