@@ -742,6 +742,7 @@ DECLARE
     done bigint := 0;
     failed bigint := 0;
     pass integer := 0;
+    to_do bigint;
     left_over bigint;
     stranded uuid[];
 BEGIN
@@ -762,8 +763,9 @@ BEGIN
                              retire_below, primary_version),
             HINT = 'Pass a version from 2 up to the primary version: versions below it are retired.';
     END IF;
-    RAISE NOTICE 'pg_byok rewrap: % keys to move to master key version %',
-        byok._keys_not_under(primary_version), primary_version;
+    -- Counted once: a count per batch would scan the table once per batch.
+    to_do := byok._keys_not_under(primary_version);
+    RAISE NOTICE 'pg_byok rewrap: % keys to move to master key version %', to_do, primary_version;
     -- A key locked by another transaction is skipped in one pass and taken
     -- in the next; three passes end even if a key stays locked meanwhile.
     LOOP
@@ -778,8 +780,8 @@ BEGIN
             after := b.last_id;
             done := done + b.rewrapped;
             failed := failed + b.failed;
-            RAISE NOTICE 'pg_byok rewrap: % keys rewrapped, % failed, % still under older versions',
-                done, failed, byok._keys_not_under(primary_version);
+            RAISE NOTICE 'pg_byok rewrap: % of % keys rewrapped, % failed in this pass',
+                done, to_do, failed;
         END LOOP;
         left_over := byok._keys_not_under(primary_version);
         EXIT WHEN left_over <= failed OR pass >= 3;
