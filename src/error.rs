@@ -56,7 +56,8 @@ impl ExtError {
             ExtError::Core(e) => e.hint(),
             ExtError::KeyringFile { .. } => Some(
                 "Fix the file named by byok.master_key_file (one \"<version> <64 hex>\" a line, \
-                 owned by the server's OS user, mode 0600), then restart the server."
+                 owned by the server's OS user, mode 0600), then reload the server \
+                 (SELECT pg_reload_conf())."
                     .into(),
             ),
             ExtError::NoMasterKey => Some(

@@ -16,6 +16,7 @@ mod error;
 mod log_hook;
 mod master_key;
 mod queue;
+mod rewrap;
 mod schema;
 mod sealing;
 mod settings;

@@ -6,30 +6,101 @@
 //! the keyring through fork; when it is loaded lazily, a backend loads it on
 //! first use. Nothing here is reachable from SQL: no function returns key
 //! bytes, and the setting holds only a path.
+//!
+//! Rotation without a restart: after a configuration reload (SIGHUP,
+//! `pg_reload_conf()`), each backend reads the keyring file again the next
+//! time it needs a key. The trigger is Postgres's own `PgReloadTime`, which
+//! every process updates when it processes SIGHUP and which a new backend
+//! inherits from the postmaster; comparing it costs one load per call, and
+//! the file is read only once per reload. A file that fails to load on
+//! reload is reported (WARNING) and the keyring already in use is kept, the
+//! way Postgres keeps its old settings when postgresql.conf is broken. The
+//! environment variable is scrubbed at first load, so a keyring from it
+//! cannot be reloaded.
 
 use crate::error::ExtError;
 use crate::settings::MASTER_KEY_FILE;
 use byok_core::keyring::Keyring;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, PoisonError};
 
 const ENV_VAR: &str = "BYOK_MASTER_KEY";
+const FROM_FILE: &str = "file";
+const FROM_ENV: &str = "environment";
 
-/// The keyring, once loaded. A failed load is not cached: fixing the file and
-/// retrying must work without restarting every backend.
-static KEYRING: OnceLock<Keyring> = OnceLock::new();
+/// The keyring in use and what it was loaded from. A failed first load is
+/// not cached: fixing the file and retrying must work without restarting
+/// every backend.
+struct Loaded {
+    ring: Arc<Keyring>,
+    source: &'static str,
+    /// `PgReloadTime` when this keyring was (re)loaded.
+    reload_time: pgrx::pg_sys::TimestampTz,
+}
 
-/// Where the keyring in use came from (for `byok.master_key_status`).
-static SOURCE: OnceLock<&'static str> = OnceLock::new();
+/// Backends are single-threaded; the mutex only satisfies `static`.
+static STATE: Mutex<Option<Loaded>> = Mutex::new(None);
 
-/// The keyring, loading it on first use.
-pub fn keyring() -> Result<&'static Keyring, ExtError> {
-    if let Some(k) = KEYRING.get() {
-        return Ok(k);
+/// The keyring, loading it on first use and again after a reload. Old
+/// keyrings are dropped (and their keys wiped) once no caller holds them.
+pub fn keyring() -> Result<Arc<Keyring>, ExtError> {
+    let now = last_reload_time();
+    let mut state = STATE.lock().unwrap_or_else(PoisonError::into_inner);
+    match state.as_mut() {
+        Some(loaded) if loaded.reload_time == now => Ok(loaded.ring.clone()),
+        Some(loaded) => {
+            // Marked first: a broken file warns once per reload, not per call.
+            loaded.reload_time = now;
+            if loaded.source == FROM_FILE {
+                match configured_file().map(|p| read_keyring_file(&p)) {
+                    Some(Ok(ring)) => loaded.ring = Arc::new(ring),
+                    Some(Err(e)) => pgrx::warning!(
+                        "pg_byok: keyring file not reloaded; keeping master key versions {:?}: {e}",
+                        loaded.ring.versions()
+                    ),
+                    None => {}
+                }
+            }
+            Ok(loaded.ring.clone())
+        }
+        None => {
+            let (ring, source) = load()?;
+            let ring = Arc::new(ring);
+            *state = Some(Loaded {
+                ring: ring.clone(),
+                source,
+                reload_time: now,
+            });
+            Ok(ring)
+        }
     }
-    let (ring, source) = load()?;
-    let _ = SOURCE.set(source);
-    Ok(KEYRING.get_or_init(|| ring))
+}
+
+/// The keyring, read again from the file if it lacks `version` and that
+/// version is newer than its primary: another backend may already have
+/// sealed or rewrapped a key under a version this backend would only see
+/// after its pending SIGHUP. Older missing versions are not re-read for:
+/// they stay missing until an operator reloads.
+pub fn keyring_holding(version: u32) -> Result<Arc<Keyring>, ExtError> {
+    let ring = keyring()?;
+    if ring.get(version).is_some() || version <= ring.primary_version() {
+        return Ok(ring);
+    }
+    let mut state = STATE.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(loaded) = state.as_mut().filter(|l| l.source == FROM_FILE) else {
+        return Ok(ring);
+    };
+    if let Some(Ok(fresh)) = configured_file().map(|p| read_keyring_file(&p)) {
+        loaded.ring = Arc::new(fresh);
+    }
+    Ok(loaded.ring.clone())
+}
+
+/// When this process last processed postgresql.conf (start or SIGHUP).
+fn last_reload_time() -> pgrx::pg_sys::TimestampTz {
+    // SAFETY: a plain read of a Postgres global that only this process's
+    // single thread writes (in ProcessConfigFile, never concurrently with us).
+    unsafe { pgrx::pg_sys::PgReloadTime }
 }
 
 /// Called from `_PG_init` in the postmaster: load early so the environment
@@ -41,23 +112,31 @@ pub fn preload() {
     }
 }
 
+/// Where the keyring in use came from (`file` or `environment`).
 pub fn source() -> Option<&'static str> {
-    SOURCE.get().copied()
+    STATE
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .map(|l| l.source)
+}
+
+fn configured_file() -> Option<String> {
+    MASTER_KEY_FILE
+        .get()
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| !p.trim().is_empty())
 }
 
 fn load() -> Result<(Keyring, &'static str), ExtError> {
     // Scrubbed even when the file wins: a key left in the environment would
     // otherwise sit in /proc/<pid>/environ and every core dump.
     let env_key = take_env_key();
-    let path = MASTER_KEY_FILE
-        .get()
-        .map(|p| p.to_string_lossy().into_owned())
-        .filter(|p| !p.trim().is_empty());
-    if let Some(path) = path {
-        return Ok((read_keyring_file(&path)?, "file"));
+    if let Some(path) = configured_file() {
+        return Ok((read_keyring_file(&path)?, FROM_FILE));
     }
     match env_key {
-        Some(hex) => Ok((Keyring::from_env_value(&hex)?, "environment")),
+        Some(hex) => Ok((Keyring::from_env_value(&hex)?, FROM_ENV)),
         None => Err(ExtError::NoMasterKey),
     }
 }

@@ -4,7 +4,8 @@
 //! CREATE EXTENSION runs: bootstrap (roles, type, tables and the audit
 //! trail's guards) → the Rust functions → internals (caller, audit writer,
 //! revocation) → api / queue / tenancy / admin, which call internals → health
-//! (key health, failure reports, events: needs api and queue) → grants (last:
+//! (key health, failure reports, events: needs api and queue) → rewrap
+//! (master key rotation; its view needs its Rust functions) → grants (last:
 //! it grants what all the others created). Function bodies are checked only
 //! when called, so `requires` lists what a file's statements use when they
 //! run: the tables, and internals for the function groups built on them.
@@ -33,6 +34,18 @@ pgrx::extension_sql_file!(
     "../sql/health.sql",
     name = "health",
     requires = ["api", "queue"]
+);
+pgrx::extension_sql_file!(
+    "../sql/rewrap.sql",
+    name = "rewrap",
+    requires = [
+        "internals",
+        "tenancy",
+        rewrap::ciphertext_version,
+        rewrap::loaded_key_versions,
+        rewrap::rewrap,
+        sealing::master_key_status
+    ]
 );
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 

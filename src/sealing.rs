@@ -7,18 +7,19 @@
 //! before any row exists, so the plaintext never reaches a table or the WAL.
 
 use crate::error::{ExtError, OrRaise};
-use crate::master_key::keyring;
+use crate::master_key::{keyring, keyring_holding};
+use crate::settings::min_decrypt_version;
 use crate::text::TextArg;
 use byok_core::envelope::{self, Aad};
 use byok_core::{keys, mask, CoreError, Vendor};
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
-fn required<T>(value: Option<T>, what: &'static str) -> T {
+pub(crate) fn required<T>(value: Option<T>, what: &'static str) -> T {
     value.unwrap_or_else(|| ExtError::from(CoreError::NullArgument { name: what }).raise())
 }
 
-fn aad(key_id: &Uuid, workspace_id: &Uuid, vendor: Vendor) -> Aad {
+pub(crate) fn aad(key_id: &Uuid, workspace_id: &Uuid, vendor: Vendor) -> Aad {
     Aad {
         key_id: *key_id.as_bytes(),
         workspace_id: *workspace_id.as_bytes(),
@@ -55,8 +56,9 @@ fn seal(
     let vendor = Vendor::parse(required(vendor, "vendor").utf8("vendor")).or_raise();
     let key = keys::normalize(vendor, required(api_key, "api_key").utf8("api_key")).or_raise();
     let id = Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
-    let blob = envelope::seal(
-        keyring().or_raise(),
+    let blob = envelope::seal_unretired(
+        &keyring().or_raise(),
+        min_decrypt_version(),
         &aad(&id, &workspace_id, vendor),
         key.as_bytes(),
     )
@@ -67,7 +69,8 @@ fn seal(
 
 /// Decrypt the ciphertext of key `key_id`. XX001 when it fails
 /// authentication (tampered, or moved to another row), 55000 when the master
-/// key version it needs is absent or different.
+/// key version it needs is absent, different or retired
+/// (`byok.min_decrypt_version`).
 #[pg_extern(volatile, name = "_open")]
 #[search_path(pg_catalog, pg_temp)]
 fn open(
@@ -80,8 +83,15 @@ fn open(
     let workspace_id = required(workspace_id, "workspace_id");
     let vendor = Vendor::parse(required(vendor, "vendor").utf8("vendor")).or_raise();
     let blob = required(ciphertext, "ciphertext");
-    let plain = envelope::open(
-        keyring().or_raise(),
+    // The blob's own version: a newer one than this backend holds makes it
+    // re-read the keyring file (see master_key::keyring_holding).
+    let ring = match envelope::header_version(blob) {
+        Ok(version) => keyring_holding(version),
+        Err(_) => keyring(),
+    };
+    let plain = envelope::open_unretired(
+        &ring.or_raise(),
+        min_decrypt_version(),
         &aad(&key_id, &workspace_id, vendor),
         blob,
     )

@@ -34,11 +34,18 @@ pub static REVALIDATE_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(86_400)
 /// idle: an unused key is a credential nobody watches.
 pub static IDLE_KEY_DAYS: GucSetting<i32> = GucSetting::<i32>::new(90);
 
+/// Master key versions below this are retired: what they sealed no longer
+/// opens (55000), and they seal nothing. A server-wide policy, so SIGHUP
+/// (postgresql.conf or ALTER SYSTEM, then reload): no session may lower it
+/// for itself to open a key under a retired version.
+pub static MIN_DECRYPT_VERSION: GucSetting<i32> = GucSetting::<i32>::new(1);
+
 pub fn register() {
     GucRegistry::define_string_guc(
         c"byok.master_key_file",
         c"Path of the pg_byok keyring file.",
-        c"One key a line: \"<version> <64 hex chars>\". Highest version encrypts; all decrypt.",
+        c"One key a line: \"<version> <64 hex chars>\". Highest version encrypts; all decrypt. \
+           The file is read again on reload (SIGHUP).",
         &MASTER_KEY_FILE,
         GucContext::Postmaster,
         GucFlags::SUPERUSER_ONLY,
@@ -89,6 +96,21 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"byok.min_decrypt_version",
+        c"Master key versions below this are retired: nothing they encrypted opens.",
+        c"Run CALL byok.rewrap() before raising it; see byok.key_versions.",
+        &MIN_DECRYPT_VERSION,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
+/// The minimum master key version that may decrypt, as a keyring version.
+pub fn min_decrypt_version() -> u32 {
+    u32::try_from(MIN_DECRYPT_VERSION.get()).unwrap_or(1)
 }
 
 /// The inactive-status list, lower-cased and trimmed.

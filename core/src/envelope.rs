@@ -110,6 +110,66 @@ pub fn open(keyring: &Keyring, aad: &Aad, blob: &[u8]) -> Result<Zeroizing<Vec<u
         })
 }
 
+/// Retirement: versions below `min_version` (the server's
+/// `byok.min_decrypt_version`) neither open nor seal anything, even while
+/// still in the keyring, the way a disabled KMS key version does.
+/// `min_version` 0 or 1 retires nothing.
+///
+/// The check reads the blob's header version before decrypting: a blob
+/// whose header was edited down to a retired version is reported as retired
+/// rather than tampered; either way no plaintext comes out.
+pub fn open_unretired(
+    keyring: &Keyring,
+    min_version: u32,
+    aad: &Aad,
+    blob: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CoreError> {
+    let version = header_version(blob)?;
+    if version < min_version {
+        return Err(CoreError::MasterKeyRetired {
+            version,
+            min: min_version,
+        });
+    }
+    open(keyring, aad, blob)
+}
+
+/// [`seal`], refused when the primary version itself is retired: a key
+/// sealed then could never be opened.
+pub fn seal_unretired(
+    keyring: &Keyring,
+    min_version: u32,
+    aad: &Aad,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CoreError> {
+    let primary = keyring.primary_version();
+    if primary < min_version {
+        return Err(CoreError::MasterKeyRetired {
+            version: primary,
+            min: min_version,
+        });
+    }
+    seal(keyring, aad, plaintext)
+}
+
+/// Re-encrypts a blob under the keyring's primary key, bound to the same
+/// `aad`; `None` when it is already sealed by the primary (same version
+/// and fingerprint), so a rewrap can be repeated safely. The plaintext
+/// lives only inside this call and is wiped when it returns.
+pub fn rewrap(
+    keyring: &Keyring,
+    min_version: u32,
+    aad: &Aad,
+    blob: &[u8],
+) -> Result<Option<Vec<u8>>, CoreError> {
+    let (primary, key) = keyring.primary();
+    if blob.len() >= HEADER_LEN && blob[..HEADER_LEN] == header(primary, key) {
+        return Ok(None);
+    }
+    let plaintext = open_unretired(keyring, min_version, aad, blob)?;
+    seal_unretired(keyring, min_version, aad, &plaintext).map(Some)
+}
+
 /// The master key version a blob was sealed with (to find blobs that need
 /// rewrapping under the primary key). Checks length and format only.
 pub fn header_version(blob: &[u8]) -> Result<u32, CoreError> {
@@ -205,4 +265,96 @@ fn full_aad(header: &[u8], aad: &Aad) -> Vec<u8> {
     out.extend_from_slice(&aad.workspace_id);
     out.extend_from_slice(vendor);
     out
+}
+
+#[cfg(test)]
+mod rotation_tests {
+    use super::*;
+
+    const K1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const K2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+    const K3: &str = "3333333333333333333333333333333333333333333333333333333333333333";
+
+    fn ring(lines: &[(u32, &str)]) -> Keyring {
+        let text: String = lines.iter().map(|(v, k)| format!("{v} {k}\n")).collect();
+        Keyring::parse_file(&text).unwrap()
+    }
+
+    fn aad(n: u8) -> Aad {
+        Aad {
+            key_id: [n; 16],
+            workspace_id: [n ^ 0xff; 16],
+            vendor: Vendor::Anthropic,
+        }
+    }
+
+    #[test]
+    fn rewrap_moves_every_version_to_the_primary_with_the_same_plaintext() {
+        let old: Vec<(Keyring, Vec<u8>)> = [(1, K1), (2, K2)]
+            .iter()
+            .map(|&(v, k)| {
+                let r = ring(&[(v, k)]);
+                let blob = seal(&r, &aad(v as u8), format!("secret-{v}").as_bytes()).unwrap();
+                (r, blob)
+            })
+            .collect();
+        let all = ring(&[(1, K1), (2, K2), (3, K3)]);
+        for (v, (_, blob)) in (1u32..).zip(&old) {
+            assert_eq!(header_version(blob).unwrap(), v);
+            let new = rewrap(&all, 1, &aad(v as u8), blob)
+                .unwrap()
+                .expect("rewrapped");
+            assert_eq!(header_version(&new).unwrap(), 3);
+            assert_eq!(
+                &open(&ring(&[(3, K3)]), &aad(v as u8), &new).unwrap()[..],
+                format!("secret-{v}").as_bytes()
+            );
+            // Rewrapping again changes nothing.
+            assert!(rewrap(&all, 1, &aad(v as u8), &new).unwrap().is_none());
+            // The rewrapped blob is still bound to its row.
+            assert!(matches!(
+                open(&all, &aad(9), &new),
+                Err(CoreError::Tampered { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn retired_versions_neither_open_nor_seal_nor_rewrap() {
+        let all = ring(&[(1, K1), (2, K2), (3, K3)]);
+        let v1 = seal(&ring(&[(1, K1)]), &aad(1), b"one").unwrap();
+        let v3 = seal(&all, &aad(3), b"three").unwrap();
+        let err = open_unretired(&all, 2, &aad(1), &v1).unwrap_err();
+        assert!(
+            matches!(err, CoreError::MasterKeyRetired { version: 1, min: 2 }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("version 1"));
+        assert!(matches!(
+            rewrap(&all, 2, &aad(1), &v1),
+            Err(CoreError::MasterKeyRetired { version: 1, .. })
+        ));
+        assert_eq!(
+            &open_unretired(&all, 3, &aad(3), &v3).unwrap()[..],
+            b"three"
+        );
+        assert_eq!(&open_unretired(&all, 1, &aad(1), &v1).unwrap()[..], b"one");
+        assert!(matches!(
+            seal_unretired(&all, 4, &aad(4), b"four"),
+            Err(CoreError::MasterKeyRetired { version: 3, min: 4 })
+        ));
+        assert!(seal_unretired(&all, 3, &aad(4), b"four").is_ok());
+    }
+
+    #[test]
+    fn rewrap_of_a_tampered_blob_fails_and_returns_nothing() {
+        let all = ring(&[(1, K1), (2, K2)]);
+        let mut v1 = seal(&ring(&[(1, K1)]), &aad(1), b"one").unwrap();
+        let last = v1.len() - 1;
+        v1[last] ^= 1;
+        assert!(matches!(
+            rewrap(&all, 1, &aad(1), &v1),
+            Err(CoreError::Tampered { .. })
+        ));
+    }
 }

@@ -43,6 +43,8 @@ pub enum CoreError {
     MasterKeyMissing { version: u32 },
     #[error("the master key loaded as version {version} is not the one that encrypted this key")]
     MasterKeyMismatch { version: u32 },
+    #[error("master key version {version} is retired (byok.min_decrypt_version is {min}); keys encrypted with it no longer open")]
+    MasterKeyRetired { version: u32, min: u32 },
     #[error("no master key is configured")]
     NoMasterKey,
     #[error("{}", keyring_message(*line, reason))]
@@ -85,6 +87,7 @@ impl CoreError {
             Tampered { .. } => ErrorKind::Tampered,
             MasterKeyMissing { .. }
             | MasterKeyMismatch { .. }
+            | MasterKeyRetired { .. }
             | NoMasterKey
             | Keyring { .. }
             | BadEnvKey { .. } => ErrorKind::MasterKeyUnavailable,
@@ -124,11 +127,16 @@ impl CoreError {
             MasterKeyMissing { version } => format!(
                 "Add version {version} of the master key to the keyring file named by \
                  byok.master_key_file (keep old versions until every key is rewrapped), \
-                 then restart Postgres."
+                 then reload the server (SELECT pg_reload_conf())."
             ),
             MasterKeyMismatch { version } => format!(
                 "Restore the original keyring file (byok.master_key_file) or BYOK_MASTER_KEY \
-                 that held version {version}, then restart Postgres."
+                 that held version {version}, then reload the server (SELECT pg_reload_conf())."
+            ),
+            MasterKeyRetired { version, .. } => format!(
+                "Set byok.min_decrypt_version to {version} or lower and reload \
+                 (SELECT pg_reload_conf()), run CALL byok.rewrap() to re-encrypt these keys \
+                 under the primary version, then raise the setting again."
             ),
             NoMasterKey => "Set byok.master_key_file to a keyring file readable only by the \
                  server's OS user, or set BYOK_MASTER_KEY (64 hex characters) in the server's \

@@ -57,6 +57,10 @@ fn all_errors() -> Vec<(CoreError, ErrorKind)> {
         ),
         (MasterKeyMissing { version: 4 }, MasterKeyUnavailable),
         (MasterKeyMismatch { version: 1 }, MasterKeyUnavailable),
+        (
+            MasterKeyRetired { version: 1, min: 2 },
+            MasterKeyUnavailable,
+        ),
         (NoMasterKey, MasterKeyUnavailable),
         (
             Keyring {

@@ -85,7 +85,7 @@ impl Catalog {
 
         let sql = format!(
             "SELECT n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',
-                    pg_get_function_result(p.oid), pg_get_function_arguments(p.oid),
+                    coalesce(pg_get_function_result(p.oid), 'procedure'), pg_get_function_arguments(p.oid),
                     n.nspname = 'byok' AND p.proname LIKE '\\_%',
                     ARRAY(SELECT DISTINCT {grantee}
                             FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) x
