@@ -2,16 +2,11 @@
 
 use pgrx::prelude::*;
 
-/// A well-formed Anthropic API key whose body is made of `fill`.
-pub fn anthropic_key(fill: char) -> String {
-    format!("sk-ant-api03-{}AA", fill.to_string().repeat(93))
-}
-
-/// A well-formed OpenAI project key whose body is made of `fill`.
-pub fn openai_key(fill: char) -> String {
-    let half = fill.to_string().repeat(74);
-    format!("sk-proj-{half}T3BlbkFJ{half}")
-}
+/// Sample keys come from the workspace's one set of builders (byok-core,
+/// feature `samples`, enabled by this crate's `pg_test` feature).
+pub use byok_core::samples::{
+    filled_anthropic_key as anthropic_key, filled_openai_key as openai_key,
+};
 
 /// Run `sql`; return the SQLSTATE it failed with, or None if it succeeded.
 /// The statement runs in a subtransaction, so a failure leaves nothing behind.

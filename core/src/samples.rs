@@ -139,6 +139,18 @@ pub fn random_master_key_hex() -> String {
     hex::encode(k)
 }
 
+/// An Anthropic API key whose body is `fill` repeated, so its mask is
+/// predictable (`'q'` gives `…qqAA`): for tests that assert exact masks.
+pub fn filled_anthropic_key(fill: char) -> String {
+    format!("sk-ant-api03-{}AA", fill.to_string().repeat(93))
+}
+
+/// An OpenAI project key whose halves are `fill` repeated (mask `…` + 4 × `fill`).
+pub fn filled_openai_key(fill: char) -> String {
+    let half = fill.to_string().repeat(74);
+    format!("sk-proj-{half}T3BlbkFJ{half}")
+}
+
 /// A fixed Anthropic API key (108 characters).
 pub fn anthropic_api() -> String {
     format!(
