@@ -110,7 +110,11 @@ DECLARE
     stranded uuid[];
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    PERFORM byok._require_superuser('rewrap stored keys under the primary master key');
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = current_user AND rolsuper) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'only a superuser may rewrap stored keys under the primary master key',
+            HINT = 'Run it as the cluster''s superuser, in a migration.';
+    END IF;
     PERFORM byok._require(batch_size, 'batch_size');
     PERFORM byok._require(force, 'force');
     IF batch_size NOT BETWEEN 1 AND 100000 THEN

@@ -115,9 +115,11 @@ pub fn open(keyring: &Keyring, aad: &Aad, blob: &[u8]) -> Result<Zeroizing<Vec<u
 /// still in the keyring, the way a disabled KMS key version does.
 /// `min_version` 0 or 1 retires nothing.
 ///
-/// The check reads the blob's header version before decrypting: a blob
-/// whose header was edited down to a retired version is reported as retired
-/// rather than tampered; either way no plaintext comes out.
+/// The header is checked first, without decrypting: a header within
+/// [`MAX_HEADER_EDITS`] of one a loaded key would write is tampered (XX001),
+/// as [`open`] promises, even when the edit lands on a retired version; a
+/// blob whose intact header names a retired version, loaded or not, is
+/// retired. Either way no plaintext comes out.
 pub fn open_unretired(
     keyring: &Keyring,
     min_version: u32,
@@ -125,13 +127,16 @@ pub fn open_unretired(
     blob: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, CoreError> {
     let version = header_version(blob)?;
-    if version < min_version {
-        return Err(CoreError::MasterKeyRetired {
-            version,
-            min: min_version,
-        });
+    let retired = CoreError::MasterKeyRetired {
+        version,
+        min: min_version,
+    };
+    match key_for(keyring, blob) {
+        Err(e @ CoreError::Tampered { .. }) => Err(e),
+        _ if version < min_version => Err(retired),
+        Err(e) => Err(e),
+        Ok(_) => open(keyring, aad, blob),
     }
-    open(keyring, aad, blob)
 }
 
 /// [`seal`], refused when the primary version itself is retired: a key
