@@ -283,10 +283,14 @@ async function agentStep(d: Deps, user: string, p: Params, req: Request): Promis
     return json(200, { text: answer.text, model: answer.model, key: masked });
   }
   if ((answer.status === 401 || answer.status === 403) && keyId) {
-    // The vendor refused the key: ask pg_byok to re-check it now.
-    // (byok.revalidate_key; when pg_byok gains a failure report for keys
-    // refused in use, call that here instead, with answer.status.)
-    const [key] = await asService(d.sql, (tx) => tx`select * from byok.revalidate_key(${keyId})`);
+    // The vendor refused the key: report it. pg_byok audits the report and
+    // re-checks the key at once (a report alone never demotes it); the
+    // detail is redacted and cut to length by pg_byok.
+    const [key] = await asService(
+      d.sql,
+      (tx) =>
+        tx`select * from byok.report_key_failure(${p.ws}, ${vendor}, ${answer.status}, ${answer.message})`,
+    );
     d.log.warn("vendor refused the key", {
       workspace: p.ws,
       vendor,

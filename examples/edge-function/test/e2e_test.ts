@@ -178,7 +178,7 @@ Deno.test("agent step: a 401 from the vendor makes pg_byok re-check the key, whi
     assert.equal(row.erased, true);
     assert.ok(
       (await audit(key.id)).some((a) =>
-        a.action === "revalidate" && a.actor_role === "service_role"
+        a.action === "report_failure" && a.actor_role === "service_role"
       ),
     );
   } finally {
@@ -199,7 +199,7 @@ Deno.test("agent step: a 403 is reported the same way (OpenAI)", async () => {
     const r = await call("POST", ws("/agent"), { body: { vendor: "openai", prompt: "hi" } });
     assert.equal(r.status, 502);
     assert.equal(r.body.vendor_status, 403);
-    assert.ok((await audit(key.id)).some((a) => a.action === "revalidate"));
+    assert.ok((await audit(key.id)).some((a) => a.action === "report_failure"));
   } finally {
     await mockControl("reset");
   }
