@@ -254,7 +254,7 @@ Deno.test("activity: the workspace's audit rows, masked, to members only", async
   assert.ok(["authenticated", "service_role"].includes(r.body.read_as));
   console.log(`activity read as ${r.body.read_as}`);
   const actions = new Set(r.body.activity.map((a: Json) => a.action));
-  for (const a of ["add", "validate", "use", "revoke", "revalidate"]) {
+  for (const a of ["add", "validate", "use", "revoke", "report_failure"]) {
     assert.ok(actions.has(a), `no ${a} row`);
   }
   assert.ok(r.body.activity.some((a: Json) => a.masked?.startsWith("…")));
