@@ -1,4 +1,4 @@
--- pg_byok public API: add, list, revoke, revalidate and use keys.
+-- pg_byok public API: add, list, revoke and revalidate keys (use_key: below).
 --
 -- Every function is SECURITY DEFINER with a pinned search_path, checks its
 -- arguments (22004 for NULL, 22023 for bad values) and byok.authorize before
@@ -133,46 +133,5 @@ END
 $$;
 COMMENT ON FUNCTION byok.revalidate_key(uuid) IS 'Queue a fresh validation of a pending, active or unverified key';
 
-CREATE FUNCTION byok.use_key(workspace_id uuid, vendor text) RETURNS text
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
-DECLARE
-    v text;
-    k byok.keys;
-    plain text;
-BEGIN
-    PERFORM byok._require(use_key.workspace_id, 'workspace_id');
-    PERFORM byok._require(use_key.vendor, 'vendor');
-    IF NOT byok._caller_has_role('byok_consumer') THEN
-        RAISE EXCEPTION USING ERRCODE = '42501',
-            MESSAGE = 'permission denied: byok.use_key is for the byok_consumer role',
-            HINT = 'Call it from your backend as a role granted byok_consumer (service_role on Supabase).';
-    END IF;
-    v := byok._vendor(use_key.vendor);
-    SELECT * INTO k FROM byok.keys
-     WHERE workspace_id = use_key.workspace_id AND vendor = v AND status = 'active';
-    IF NOT FOUND THEN
-        IF EXISTS (SELECT 1 FROM byok.keys WHERE workspace_id = use_key.workspace_id
-                      AND vendor = v AND status = 'pending') THEN
-            RAISE EXCEPTION USING ERRCODE = 'P0002',
-                MESSAGE = format('no active %s key for workspace %s', v, use_key.workspace_id),
-                HINT = 'A key is pending validation; retry once the sidecar has validated it.';
-        END IF;
-        RAISE EXCEPTION USING ERRCODE = 'P0002',
-            MESSAGE = format('no active %s key for workspace %s', v, use_key.workspace_id),
-            HINT = 'Ask the workspace to add a key with byok.add_key.';
-    END IF;
-    plain := byok._open(k.id, k.workspace_id, k.vendor, k.ciphertext);
-    -- last_used_at (byok.key_health's idle keys) to the minute: one write a
-    -- minute per key, not one per call, so a busy key's callers meet its
-    -- row lock at most once a minute.
-    IF k.last_used_at IS NULL OR k.last_used_at < clock_timestamp() - interval '1 minute' THEN
-        UPDATE byok.keys SET last_used_at = clock_timestamp()
-         WHERE id = k.id AND (last_used_at IS NULL OR last_used_at < clock_timestamp() - interval '1 minute');
-    END IF;
-    PERFORM byok._audit('use', k.id, k.workspace_id, k.vendor, 'ok', NULL);
-    RETURN plain;
-END
-$$;
-COMMENT ON FUNCTION byok.use_key(uuid, text) IS
-    'The plaintext of a workspace''s active key for a vendor, for the moment of a vendor call (audited)';
+-- byok.use_key is Rust (src/use_key.rs: the hot path, no PERFORM per check
+-- and no write per call); its record of uses is sql/usage.sql.

@@ -131,10 +131,16 @@ COMMENT ON TABLE byok.audit_log IS 'pg_byok: append-only record of who did what 
 ALTER TABLE byok.audit_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE byok.audit_log FORCE ROW LEVEL SECURITY;
 
--- The audit trail is append-only for every role, the owner included.
+-- The audit trail is append-only for every role, the owner included. The
+-- one way out is retention: pg_byok's background worker deleting rows older
+-- than byok.audit_retention_days (src/usage_worker.rs); byok._audit_pruning
+-- is true only inside that code path, in that process, for such a row.
 CREATE FUNCTION byok._audit_is_append_only() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF TG_OP = 'DELETE' AND byok._audit_pruning(OLD.at) THEN
+        RETURN OLD;
+    END IF;
     RAISE EXCEPTION USING ERRCODE = '42501',
         MESSAGE = format('byok.audit_log is append-only: %s is not allowed', TG_OP),
         HINT = 'Audit rows are kept as written; archive them by copying, not by editing.';

@@ -1566,3 +1566,134 @@ REVOKE ALL ON FUNCTION byok._ciphertext_version(bytea), byok._loaded_key_version
     byok._rewrap_batch(integer, uuid, bigint) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE byok.rewrap(integer, integer, boolean) FROM PUBLIC;
 REVOKE ALL ON byok.key_versions FROM PUBLIC;
+
+-- ===========================================================================
+-- use_key's hot path and its record of uses (issue 11, sql/usage.sql):
+-- use_key becomes one Rust function; each use is counted in shared memory
+-- and flushed by pg_byok's background worker into byok.key_usage (which
+-- moves keys.last_used_at; the column stays); byok.use_audit = 'each' keeps
+-- 0.1.0's audit row per call; audit retention deletes through the one path
+-- the append-only trigger lets through.
+
+-- The Rust functions, declared as pgrx declares them.
+CREATE FUNCTION byok._audit_pruning("at" timestamp with time zone) RETURNS bool
+VOLATILE SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'audit_pruning_wrapper';
+CREATE FUNCTION byok._usage_counters() RETURNS TABLE (
+    "database_oid" bigint,
+    "key_id" uuid,
+    "role_oid" bigint,
+    "hour" timestamp with time zone,
+    "uses" bigint,
+    "last_used_at" timestamp with time zone
+)
+STRICT VOLATILE SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'usage_counters_wrapper';
+CREATE FUNCTION byok.usage_status() RETURNS TABLE (
+    "preloaded" bool,
+    "slots_used" INT,
+    "slots" INT,
+    "flusher_database_oid" bigint,
+    "last_flush_at" timestamp with time zone,
+    "uncounted" bigint
+)
+STRICT VOLATILE SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'usage_status_wrapper';
+-- Same name, arguments and result: replacing keeps its grants.
+CREATE OR REPLACE FUNCTION byok.use_key("workspace_id" uuid, "vendor" text) RETURNS TEXT
+VOLATILE SECURITY DEFINER SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'use_key_wrapper';
+
+-- sql/bootstrap.sql's append-only trigger, retention let through.
+CREATE OR REPLACE FUNCTION byok._audit_is_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND byok._audit_pruning(OLD.at) THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '42501',
+        MESSAGE = format('byok.audit_log is append-only: %s is not allowed', TG_OP),
+        HINT = 'Audit rows are kept as written; archive them by copying, not by editing.';
+END
+$$;
+
+-- sql/usage.sql as a fresh install runs it.
+CREATE TABLE byok.key_usage (
+    key_id       uuid NOT NULL,
+    workspace_id uuid NOT NULL,
+    vendor       text NOT NULL CHECK (vendor IN ('anthropic', 'openai')),
+    -- The caller as byok._caller() names it (its role at the time of the flush).
+    role         text NOT NULL,
+    hour         timestamptz NOT NULL,
+    uses         bigint NOT NULL CHECK (uses > 0),
+    last_used_at timestamptz NOT NULL,
+    PRIMARY KEY (key_id, role, hour)
+);
+CREATE INDEX key_usage_by_workspace ON byok.key_usage (workspace_id, hour);
+COMMENT ON TABLE byok.key_usage IS
+    'pg_byok: use_key calls per key, calling role and hour (flushed from shared memory)';
+
+-- Add counted uses (parallel arrays: key, role oid, hour, uses, last use).
+-- Keys that no longer exist (or that this transaction cannot see) are left
+-- out and returned, so the worker keeps their counters for a while instead
+-- of losing them. keys.last_used_at only moves forward.
+CREATE FUNCTION byok._count_uses(key_ids uuid[], role_ids bigint[], hours timestamptz[],
+                                 uses bigint[], last_used timestamptz[])
+RETURNS uuid[]
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    missing uuid[];
+BEGIN
+    WITH u AS (
+        SELECT c.key_id, coalesce(r.rolname::text, 'role ' || c.role_id) AS role, c.hour,
+               sum(c.uses)::bigint AS uses, max(c.last_used) AS last_used
+          FROM unnest(key_ids, role_ids, hours, uses, last_used)
+                 AS c(key_id, role_id, hour, uses, last_used)
+          LEFT JOIN pg_roles r ON r.oid = c.role_id::oid
+         GROUP BY 1, 2, 3
+    ), counted AS (
+        INSERT INTO byok.key_usage AS t (key_id, workspace_id, vendor, role, hour, uses, last_used_at)
+        SELECT u.key_id, k.workspace_id, k.vendor, u.role, u.hour, u.uses, u.last_used
+          FROM u JOIN byok.keys k ON k.id = u.key_id
+        ON CONFLICT (key_id, role, hour) DO UPDATE
+           SET uses = t.uses + excluded.uses,
+               last_used_at = greatest(t.last_used_at, excluded.last_used_at)
+        RETURNING t.key_id
+    ), latest AS (
+        SELECT u.key_id, max(u.last_used) AS at FROM u GROUP BY u.key_id
+    ), touched AS (
+        UPDATE byok.keys k SET last_used_at = l.at
+          FROM latest l
+         WHERE k.id = l.key_id AND (k.last_used_at IS NULL OR k.last_used_at < l.at)
+        RETURNING k.id
+    )
+    SELECT coalesce(array_agg(DISTINCT c.key_id), '{}') INTO missing
+      FROM unnest(key_ids) AS c(key_id)
+     WHERE NOT EXISTS (SELECT 1 FROM byok.keys k WHERE k.id = c.key_id);
+    RETURN missing;
+END
+$$;
+
+-- The counters in shared memory, not yet in byok.key_usage.
+CREATE VIEW byok.key_usage_live AS
+    SELECT d.datname::text AS database, c.key_id,
+           coalesce(r.rolname::text, 'role ' || c.role_oid) AS role,
+           c.hour, c.uses, c.last_used_at
+      FROM byok._usage_counters() c
+      LEFT JOIN pg_catalog.pg_database d ON d.oid = c.database_oid::oid
+      LEFT JOIN pg_catalog.pg_roles r ON r.oid = c.role_oid::oid;
+COMMENT ON VIEW byok.key_usage_live IS
+    'pg_byok: use_key counts in shared memory not yet flushed to byok.key_usage (all of them on a standby)';
+
+COMMENT ON FUNCTION byok.use_key(uuid, text) IS
+    'The plaintext of a workspace''s active key for a vendor, for the moment of a vendor call (counted; audited per call with byok.use_audit = each)';
+
+REVOKE ALL ON byok.key_usage, byok.key_usage_live FROM PUBLIC;
+GRANT SELECT ON byok.key_usage, byok.key_usage_live TO byok_admin;
+GRANT EXECUTE ON FUNCTION byok._usage_counters(), byok.usage_status() TO byok_admin;
+
+-- Nothing new is executable by PUBLIC (grants.sql's loop, for a fresh install).
+REVOKE ALL ON FUNCTION byok._audit_pruning(timestamp with time zone), byok._usage_counters(),
+    byok.usage_status(),
+    byok._count_uses(uuid[], bigint[], timestamp with time zone[], bigint[], timestamp with time zone[])
+    FROM PUBLIC;

@@ -29,6 +29,26 @@ pub enum ExtError {
     /// it was attached: not a plain table, or a column retyped or dropped.
     #[error("workspace table {table} no longer matches what byok.attach_workspaces checked")]
     AppTableChanged { table: String },
+    /// A required argument is NULL, worded as sql/internals.sql's
+    /// `byok._require` words it (use_key moved from PL/pgSQL to Rust and
+    /// keeps its errors).
+    #[error("{name} must not be NULL")]
+    Required { name: &'static str },
+    /// `use_key` called by a role that is not a member of byok_consumer.
+    #[error("permission denied: byok.use_key is for the byok_consumer role")]
+    NotConsumer,
+    /// No active key for the workspace and vendor; `pending` when one awaits
+    /// validation.
+    #[error("no active {vendor} key for workspace {workspace_id}")]
+    NoActiveKey {
+        vendor: &'static str,
+        workspace_id: String,
+        pending: bool,
+    },
+    /// `byok.use_audit = each` on a hot standby: the per-call audit row
+    /// cannot be written there.
+    #[error("byok.use_audit is 'each' (an audit row per use_key), and this server is a read-only hot standby")]
+    EachUseOnStandby,
 }
 
 impl ExtError {
@@ -48,6 +68,10 @@ impl ExtError {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
             ExtError::NotUtf8 { .. } => PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+            ExtError::Required { .. } => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            ExtError::NotConsumer => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            ExtError::NoActiveKey { .. } => PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+            ExtError::EachUseOnStandby => PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
         }
     }
 
@@ -73,6 +97,22 @@ impl ExtError {
             ExtError::AppTableChanged { .. } => Some(
                 "Run byok.attach_workspaces again for this table (a plain table without \
                  inheritance; id: uuid or text; status: text or enum)."
+                    .into(),
+            ),
+            ExtError::Required { name } => Some(format!("Pass a non-NULL {name}.")),
+            ExtError::NotConsumer => Some(
+                "Call it from your backend as a role granted byok_consumer (service_role on Supabase)."
+                    .into(),
+            ),
+            ExtError::NoActiveKey { pending: true, .. } => Some(
+                "A key is pending validation; retry once the sidecar has validated it.".into(),
+            ),
+            ExtError::NoActiveKey { pending: false, .. } => {
+                Some("Ask the workspace to add a key with byok.add_key.".into())
+            }
+            ExtError::EachUseOnStandby => Some(
+                "Call use_key on the primary, or set byok.use_audit = 'aggregate' for this standby \
+                 (its uses are then counted in its shared memory: byok.key_usage_live)."
                     .into(),
             ),
         }

@@ -22,13 +22,17 @@ mod sealing;
 mod settings;
 mod tenancy;
 mod text;
+mod usage;
+mod usage_worker;
+mod use_key;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests_support;
 
 /// Settings and hooks, nothing else. In the postmaster (preloaded) the
 /// keyring is also loaded here, so `BYOK_MASTER_KEY` leaves the environment
-/// before any backend is forked.
+/// before any backend is forked, and the shared use counters and their
+/// background worker are set up (they need preloading).
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
@@ -38,6 +42,8 @@ pub extern "C-unwind" fn _PG_init() {
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     if preloading {
         master_key::preload();
+        usage::init();
+        usage_worker::register();
     }
 }
 
@@ -75,6 +81,10 @@ pub mod pg_test {
         vec![
             "shared_preload_libraries = 'pg_byok'",
             "byok.master_key_file = '/tmp/pg_byok_pg_test.keyring'",
+            // The #[pg_test]s flush and prune themselves (in their own
+            // transaction, which sees their keys); the worker stays idle.
+            "byok.usage_database = 'pgrx_tests'",
+            "byok.usage_flush_interval = 3600",
         ]
     }
 }

@@ -47,6 +47,16 @@ pgrx::extension_sql_file!(
         sealing::master_key_status
     ]
 );
+pgrx::extension_sql_file!(
+    "../sql/usage.sql",
+    name = "usage",
+    requires = [
+        "internals",
+        use_key::use_key,
+        usage::usage_counters,
+        usage::usage_status
+    ]
+);
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -83,6 +83,16 @@ fn open(
     let workspace_id = required(workspace_id, "workspace_id");
     let vendor = Vendor::parse(required(vendor, "vendor").utf8("vendor")).or_raise();
     let blob = required(ciphertext, "ciphertext");
+    open_sealed(&key_id, &workspace_id, vendor, blob)
+}
+
+/// The plaintext of a sealed key (`_open` and `use_key`); raises as `_open`.
+pub(crate) fn open_sealed(
+    key_id: &Uuid,
+    workspace_id: &Uuid,
+    vendor: Vendor,
+    blob: &[u8],
+) -> String {
     // The blob's own version: a newer one than this backend holds makes it
     // re-read the keyring file (see master_key::keyring_holding).
     let ring = match envelope::header_version(blob) {
@@ -92,7 +102,7 @@ fn open(
     let plain = envelope::open_unretired(
         &ring.or_raise(),
         min_decrypt_version(),
-        &aad(&key_id, &workspace_id, vendor),
+        &aad(key_id, workspace_id, vendor),
         blob,
     )
     .or_raise();

@@ -1,6 +1,6 @@
 //! The extension's settings (GUCs). Each static says why it exists.
 
-use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use std::ffi::CString;
 
 /// Path of the keyring file. Postmaster-level and superuser-only so that no
@@ -39,6 +39,38 @@ pub static IDLE_KEY_DAYS: GucSetting<i32> = GucSetting::<i32>::new(90);
 /// (postgresql.conf or ALTER SYSTEM, then reload): no session may lower it
 /// for itself to open a key under a retired version.
 pub static MIN_DECRYPT_VERSION: GucSetting<i32> = GucSetting::<i32>::new(1);
+
+/// What `use_key` records of each use (docs/SECURITY.md says what a crash
+/// can lose in each mode). Superuser-only: a consumer must not be able to
+/// switch the per-call audit off for itself.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum UseAudit {
+    /// Counters in shared memory, flushed into byok.key_usage by the
+    /// background worker: no write per call.
+    #[name = c"aggregate"]
+    Aggregate,
+    /// Also one byok.audit_log row per call, in the caller's transaction.
+    #[name = c"each"]
+    Each,
+}
+
+pub static USE_AUDIT: GucSetting<UseAudit> = GucSetting::<UseAudit>::new(UseAudit::Aggregate);
+
+/// The database whose uses the background worker flushes (one worker per
+/// cluster, as pg_cron's cron.database_name). Fixed at server start.
+pub static USAGE_DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// Seconds between flushes of the shared counters: what a crash can lose.
+pub static USAGE_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
+
+/// How many (database, key, role, hour) counters shared memory holds (at
+/// most the compiled capacity). Fixed at server start.
+pub static USAGE_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(crate::usage::CAPACITY as i32);
+
+/// Days an audit row is kept; the background worker deletes older ones
+/// (0: kept forever). Server-wide, so SIGHUP.
+pub static AUDIT_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(365);
 
 pub fn register() {
     GucRegistry::define_string_guc(
@@ -106,6 +138,61 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_enum_guc(
+        c"byok.use_audit",
+        c"What use_key records: aggregate (shared counters, flushed) or each (also an audit row per call).",
+        c"aggregate: a crash loses at most the uses since the last flush. \
+           each: every use_key writes a byok.audit_log row in the caller's transaction.",
+        &USE_AUDIT,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"byok.usage_database",
+        c"Database whose use_key counters the pg_byok background worker flushes into byok.key_usage.",
+        c"Other databases record each use with a write of their own.",
+        &USAGE_DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"byok.usage_flush_interval",
+        c"Seconds between flushes of the use_key counters into byok.key_usage.",
+        c"Also how often audit retention is applied.",
+        &USAGE_FLUSH_INTERVAL,
+        1,
+        3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"byok.usage_slots",
+        c"Counters (database, key, role, hour) kept in shared memory between flushes.",
+        c"When they are all taken, use_key writes its use to byok.key_usage itself.",
+        &USAGE_SLOTS,
+        1,
+        crate::usage::CAPACITY as i32,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"byok.audit_retention_days",
+        c"Days byok.audit_log rows are kept; the background worker deletes older ones (0: forever).",
+        c"",
+        &AUDIT_RETENTION_DAYS,
+        0,
+        36_500,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
+/// The database the usage worker connects to.
+pub fn usage_database() -> String {
+    USAGE_DATABASE
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "postgres".to_string())
 }
 
 /// The minimum master key version that may decrypt, as a keyring version.

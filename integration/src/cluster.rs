@@ -279,6 +279,9 @@ impl Cluster {
         ];
         if opts.preload {
             conf.push("shared_preload_libraries = 'pg_byok'".to_string());
+            // The usage worker flushes use_key's counters in the database
+            // the tests use.
+            conf.push("byok.usage_database = 'byok'".to_string());
         }
         if write_keyring {
             conf.push(format!(
@@ -530,6 +533,98 @@ impl Cluster {
             .current_dir(&self.dir);
         self.run_checked("pg_ctl stop", &mut cmd);
         self.running = false;
+    }
+
+    /// `pg_ctl stop -m immediate`: every server process is killed at once,
+    /// as in a crash; the next start runs crash recovery.
+    pub fn stop_immediate(&mut self) {
+        assert!(self.running, "stop_immediate: the cluster is not running");
+        let mut cmd = Command::new(self.bin("pg_ctl"));
+        cmd.args(["stop", "-w", "-t", "60", "-m", "immediate", "-D"])
+            .arg(&self.data)
+            .current_dir(&self.dir);
+        self.run_checked("pg_ctl stop -m immediate", &mut cmd);
+        self.running = false;
+    }
+
+    /// A hot standby streaming from this cluster: `pg_basebackup -R` into a
+    /// directory of its own, its own port, socket and copy of the keyring,
+    /// then started. `extra_conf` is appended to its postgresql.conf.
+    pub fn start_replica(&self, extra_conf: &[String]) -> Cluster {
+        let base =
+            std::env::var_os("BYOK_CLUSTER_TMPDIR").unwrap_or_else(|| OsString::from("/tmp"));
+        let tmp = tempfile::Builder::new()
+            .prefix("byok-replica-")
+            .tempdir_in(&base)
+            .unwrap_or_else(|e| panic!("create a temp dir under {base:?}: {e}"));
+        let dir = tmp.path().to_path_buf();
+        chown_to_postgres(&dir);
+        let mut r = Cluster {
+            tmp: Some(tmp),
+            data: dir.join("data"),
+            log: dir.join("server.log"),
+            keyring_path: dir.join("keyring"),
+            keyring_in_conf: self.keyring_in_conf,
+            master_key_env: self.master_key_env.clone(),
+            port: free_port(),
+            running: false,
+            bin_dir: self.bin_dir.clone(),
+            superuser: self.superuser.clone(),
+            dir,
+        };
+        let mut cmd = Command::new(self.bin("pg_basebackup"));
+        cmd.arg("-h")
+            .arg(&self.dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-U", &self.superuser, "-D"])
+            .arg(&r.data)
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
+            .current_dir(&r.dir);
+        self.run_checked("pg_basebackup", &mut cmd);
+        let mut conf = vec![
+            "# --- pg_byok test harness: replica ---".to_string(),
+            format!("port = {}", r.port),
+            format!(
+                "unix_socket_directories = {}",
+                quote_conf(&r.dir.to_string_lossy())
+            ),
+            "hot_standby = on".to_string(),
+        ];
+        if self.keyring_in_conf {
+            r.write_keyring_file(&self.keyring_text());
+            conf.push(format!(
+                "byok.master_key_file = {}",
+                quote_conf(&r.keyring_path.to_string_lossy())
+            ));
+        }
+        conf.extend(extra_conf.iter().cloned());
+        r.append_conf(&conf);
+        r.start_postmaster();
+        r
+    }
+
+    /// Wait until `replica` has replayed everything this primary has
+    /// written so far (panics after 60 s).
+    pub fn wait_for_replay(&self, replica: &Cluster) {
+        let lsn: String = self
+            .client_db("postgres")
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .unwrap_or_else(|e| self.fail("pg_current_wal_insert_lsn", &e))
+            .get(0);
+        let mut r = replica.client_db("postgres");
+        crate::wait_until(
+            "the replica replays the primary's WAL",
+            Duration::from_secs(60),
+            || {
+                r.query_one(
+                    "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
+                    &[&lsn],
+                )
+                .map(|row| row.get::<_, bool>(0))
+                .unwrap_or(false)
+            },
+        );
     }
 
     /// Start the stopped cluster again (same data, current keyring and

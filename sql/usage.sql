@@ -1,0 +1,86 @@
+-- pg_byok record of uses: what byok.use_key leaves behind.
+--
+-- use_key (Rust, src/use_key.rs) counts each use in shared memory per
+-- (database, key, calling role, hour); the background worker
+-- (src/usage_worker.rs) adds the counts to byok.key_usage every
+-- byok.usage_flush_interval seconds through byok._count_uses, which also
+-- moves keys.last_used_at (key_health's "last used"). Where shared memory
+-- cannot take a use (not preloaded, another database than the worker's,
+-- every slot taken) use_key calls byok._count_uses itself, in the caller's
+-- transaction. byok.key_usage_live shows the counters not yet flushed (on a
+-- hot standby: all of them). Runs after the Rust functions; grants for what
+-- it adds are at its end.
+
+CREATE TABLE byok.key_usage (
+    key_id       uuid NOT NULL,
+    workspace_id uuid NOT NULL,
+    vendor       text NOT NULL CHECK (vendor IN ('anthropic', 'openai')),
+    -- The caller as byok._caller() names it (its role at the time of the flush).
+    role         text NOT NULL,
+    hour         timestamptz NOT NULL,
+    uses         bigint NOT NULL CHECK (uses > 0),
+    last_used_at timestamptz NOT NULL,
+    PRIMARY KEY (key_id, role, hour)
+);
+CREATE INDEX key_usage_by_workspace ON byok.key_usage (workspace_id, hour);
+COMMENT ON TABLE byok.key_usage IS
+    'pg_byok: use_key calls per key, calling role and hour (flushed from shared memory)';
+
+-- Add counted uses (parallel arrays: key, role oid, hour, uses, last use).
+-- Keys that no longer exist (or that this transaction cannot see) are left
+-- out and returned, so the worker keeps their counters for a while instead
+-- of losing them. keys.last_used_at only moves forward.
+CREATE FUNCTION byok._count_uses(key_ids uuid[], role_ids bigint[], hours timestamptz[],
+                                 uses bigint[], last_used timestamptz[])
+RETURNS uuid[]
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    missing uuid[];
+BEGIN
+    WITH u AS (
+        SELECT c.key_id, coalesce(r.rolname::text, 'role ' || c.role_id) AS role, c.hour,
+               sum(c.uses)::bigint AS uses, max(c.last_used) AS last_used
+          FROM unnest(key_ids, role_ids, hours, uses, last_used)
+                 AS c(key_id, role_id, hour, uses, last_used)
+          LEFT JOIN pg_roles r ON r.oid = c.role_id::oid
+         GROUP BY 1, 2, 3
+    ), counted AS (
+        INSERT INTO byok.key_usage AS t (key_id, workspace_id, vendor, role, hour, uses, last_used_at)
+        SELECT u.key_id, k.workspace_id, k.vendor, u.role, u.hour, u.uses, u.last_used
+          FROM u JOIN byok.keys k ON k.id = u.key_id
+        ON CONFLICT (key_id, role, hour) DO UPDATE
+           SET uses = t.uses + excluded.uses,
+               last_used_at = greatest(t.last_used_at, excluded.last_used_at)
+        RETURNING t.key_id
+    ), latest AS (
+        SELECT u.key_id, max(u.last_used) AS at FROM u GROUP BY u.key_id
+    ), touched AS (
+        UPDATE byok.keys k SET last_used_at = l.at
+          FROM latest l
+         WHERE k.id = l.key_id AND (k.last_used_at IS NULL OR k.last_used_at < l.at)
+        RETURNING k.id
+    )
+    SELECT coalesce(array_agg(DISTINCT c.key_id), '{}') INTO missing
+      FROM unnest(key_ids) AS c(key_id)
+     WHERE NOT EXISTS (SELECT 1 FROM byok.keys k WHERE k.id = c.key_id);
+    RETURN missing;
+END
+$$;
+
+-- The counters in shared memory, not yet in byok.key_usage.
+CREATE VIEW byok.key_usage_live AS
+    SELECT d.datname::text AS database, c.key_id,
+           coalesce(r.rolname::text, 'role ' || c.role_oid) AS role,
+           c.hour, c.uses, c.last_used_at
+      FROM byok._usage_counters() c
+      LEFT JOIN pg_catalog.pg_database d ON d.oid = c.database_oid::oid
+      LEFT JOIN pg_catalog.pg_roles r ON r.oid = c.role_oid::oid;
+COMMENT ON VIEW byok.key_usage_live IS
+    'pg_byok: use_key counts in shared memory not yet flushed to byok.key_usage (all of them on a standby)';
+
+COMMENT ON FUNCTION byok.use_key(uuid, text) IS
+    'The plaintext of a workspace''s active key for a vendor, for the moment of a vendor call (counted; audited per call with byok.use_audit = each)';
+
+REVOKE ALL ON byok.key_usage, byok.key_usage_live FROM PUBLIC;
+GRANT SELECT ON byok.key_usage, byok.key_usage_live TO byok_admin;
+GRANT EXECUTE ON FUNCTION byok._usage_counters(), byok.usage_status() TO byok_admin;

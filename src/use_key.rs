@@ -1,0 +1,269 @@
+//! `byok.use_key`, the hot path: one Rust function instead of PL/pgSQL with
+//! a query per PERFORM, and no write per call.
+//!
+//! Declared SECURITY DEFINER with a pinned search_path like every other API
+//! function, it checks what the PL/pgSQL version checked, in the same order
+//! and with the same errors: NULL arguments (22004), the caller's
+//! membership of byok_consumer (42501), the vendor (22023), an active key
+//! (P0002, with the pending hint). The row is read with a plan kept for the
+//! backend's life (Postgres re-plans it when the table changes). The use is
+//! counted in shared memory (usage.rs) or, where that cannot take it, written
+//! to `byok.key_usage` at once; `byok.use_audit = 'each'` also writes the
+//! per-call audit row of 0.1.0. The plaintext goes nowhere but the return
+//! value: it is never logged, stored, or put in an error.
+
+use crate::error::{ExtError, OrRaise};
+use crate::settings::{UseAudit, USE_AUDIT};
+use crate::text::TextArg;
+use crate::usage;
+use byok_core::Vendor;
+use pgrx::pg_sys::{PgBuiltInOids, PgOid};
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::Uuid;
+use std::cell::OnceCell;
+
+const ACTIVE_KEY: &str = "SELECT id, ciphertext FROM byok.keys \
+     WHERE workspace_id = $1 AND vendor = $2 AND status = 'active'";
+const PENDING_KEY: &str = "SELECT EXISTS (SELECT 1 FROM byok.keys \
+     WHERE workspace_id = $1 AND vendor = $2 AND status = 'pending')";
+const WRITE_USE: &str =
+    "SELECT byok._count_uses(ARRAY[$1], ARRAY[$2], ARRAY[$3], ARRAY[1::bigint], ARRAY[$4])";
+const AUDIT_USE: &str = "SELECT byok._audit('use', $1, $2, $3, 'ok', NULL)";
+
+thread_local! {
+    static ACTIVE_PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
+    static PENDING_PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
+    static WRITE_PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
+    static AUDIT_PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
+}
+
+type PlanCell = std::thread::LocalKey<OnceCell<OwnedPreparedStatement>>;
+
+/// Run `f` with the kept plan of `sql`, preparing it on first use
+/// (`writes`: the statement writes, so it must not run read-only).
+fn with_plan<'c, R>(
+    cell: &'static PlanCell,
+    client: &mut SpiClient<'c>,
+    sql: &'static str,
+    types: &[PgBuiltInOids],
+    writes: bool,
+    f: impl FnOnce(&OwnedPreparedStatement, &mut SpiClient<'c>) -> R,
+) -> R {
+    cell.with(|c| {
+        let plan = c.get_or_init(|| {
+            let oids: Vec<PgOid> = types.iter().map(|t| PgOid::BuiltIn(*t)).collect();
+            let prepared = if writes {
+                client.prepare_mut(sql, &oids)
+            } else {
+                client.prepare(sql, &oids)
+            };
+            prepared
+                .unwrap_or_else(|e| panic!("pg_byok: preparing a use_key statement failed: {e}"))
+                .keep()
+        });
+        f(plan, client)
+    })
+}
+
+/// The key row `use_key` serves. Where the key material lives is decided in
+/// `decrypt` alone, so another storage backend is one more branch there.
+struct ActiveKey {
+    id: Uuid,
+    ciphertext: Option<Vec<u8>>,
+}
+
+/// The plaintext of an active key. A live key always holds its ciphertext
+/// (`keys_dead_keys_hold_no_ciphertext`); its absence is reported as
+/// tampering, as a ciphertext that fails to open is.
+fn decrypt(key: &ActiveKey, workspace_id: &Uuid, vendor: Vendor) -> String {
+    match key.ciphertext.as_deref() {
+        Some(blob) => crate::sealing::open_sealed(&key.id, workspace_id, vendor, blob),
+        None => ExtError::Core(byok_core::CoreError::Tampered {
+            reason: "an active key has no ciphertext",
+        })
+        .raise(),
+    }
+}
+
+/// The role the caller acts as, as `byok._caller()` names it: the role
+/// `SET [LOCAL] ROLE` chose (PostgREST's request role), else the session's
+/// login role. Not `current_user`, which is the definer here.
+fn caller_role() -> pg_sys::Oid {
+    // SAFETY: plain reads of this backend's role state; no preconditions.
+    unsafe {
+        let role = pg_sys::GetCurrentRoleId();
+        if role == pg_sys::InvalidOid {
+            pg_sys::GetSessionUserId()
+        } else {
+            role
+        }
+    }
+}
+
+/// Membership of byok_consumer, as `pg_has_role(caller, 'byok_consumer',
+/// 'MEMBER')` decides it (superusers are members of every role). Postgres
+/// caches role memberships per backend, invalidated on GRANT/REVOKE.
+fn is_consumer(role: pg_sys::Oid) -> bool {
+    // SAFETY: get_role_oid with missing_ok returns InvalidOid for a missing
+    // role; is_member_of_role takes any two oids.
+    unsafe {
+        let consumer = pg_sys::get_role_oid(c"byok_consumer".as_ptr(), true);
+        if consumer == pg_sys::InvalidOid {
+            return pg_sys::superuser_arg(role);
+        }
+        pg_sys::is_member_of_role(role, consumer)
+    }
+}
+
+#[pg_extern(volatile, security_definer, name = "use_key")]
+#[search_path(pg_catalog, pg_temp)]
+fn use_key(workspace_id: Option<Uuid>, vendor: Option<TextArg<'_>>) -> String {
+    let workspace_id = workspace_id.unwrap_or_else(|| {
+        ExtError::Required {
+            name: "workspace_id",
+        }
+        .raise()
+    });
+    let vendor = vendor.unwrap_or_else(|| ExtError::Required { name: "vendor" }.raise());
+    let caller = caller_role();
+    if !is_consumer(caller) {
+        ExtError::NotConsumer.raise();
+    }
+    let vendor = Vendor::parse(vendor.utf8("vendor")).or_raise();
+    let each = USE_AUDIT.get() == UseAudit::Each;
+    // SAFETY: reads shared recovery state; callable in any backend.
+    let in_recovery = unsafe { pg_sys::RecoveryInProgress() };
+    if each && in_recovery {
+        ExtError::EachUseOnStandby.raise();
+    }
+
+    let key = Spi::connect_mut(|client| {
+        let args = [workspace_id.into(), vendor.as_str().into()];
+        let found = with_plan(
+            &ACTIVE_PLAN,
+            client,
+            ACTIVE_KEY,
+            &[PgBuiltInOids::UUIDOID, PgBuiltInOids::TEXTOID],
+            false,
+            |plan, client| {
+                let table = client.select(plan, Some(1), &args).or_raise_spi();
+                if table.is_empty() {
+                    return None;
+                }
+                let (id, ciphertext) = table.first().get_two::<Uuid, Vec<u8>>().or_raise_spi();
+                Some(ActiveKey {
+                    id: id.expect("byok.keys.id is NOT NULL"),
+                    ciphertext,
+                })
+            },
+        );
+        found.ok_or_else(|| {
+            with_plan(
+                &PENDING_PLAN,
+                client,
+                PENDING_KEY,
+                &[PgBuiltInOids::UUIDOID, PgBuiltInOids::TEXTOID],
+                false,
+                |plan, client| {
+                    let table = client.select(plan, Some(1), &args).or_raise_spi();
+                    table.first().get_one::<bool>().or_raise_spi() == Some(true)
+                },
+            )
+        })
+    });
+    let key = key.unwrap_or_else(|pending| {
+        ExtError::NoActiveKey {
+            vendor: vendor.as_str(),
+            workspace_id: workspace_id.to_string(),
+            pending,
+        }
+        .raise()
+    });
+    let plain = decrypt(&key, &workspace_id, vendor);
+    record_use(&key.id, caller, in_recovery);
+    if each {
+        Spi::connect_mut(|client| {
+            let args = [key.id.into(), workspace_id.into(), vendor.as_str().into()];
+            with_plan(
+                &AUDIT_PLAN,
+                client,
+                AUDIT_USE,
+                &[
+                    PgBuiltInOids::UUIDOID,
+                    PgBuiltInOids::UUIDOID,
+                    PgBuiltInOids::TEXTOID,
+                ],
+                true,
+                |plan, client| client.update(plan, None, &args).or_raise_spi(),
+            );
+        });
+    }
+    plain
+}
+
+/// Count the use in shared memory when a flusher serves this database (or
+/// this is a standby, where nothing else is possible); otherwise, or when
+/// every slot is taken, write it to byok.key_usage in this transaction.
+fn record_use(key_id: &Uuid, caller: pg_sys::Oid, in_recovery: bool) {
+    // SAFETY: plain reads of backend globals.
+    let (now, db) = unsafe { (pg_sys::GetCurrentTimestamp(), pg_sys::MyDatabaseId) };
+    let hour = usage::hour_of(now);
+    let slot = usage::Slot {
+        db: db.to_u32(),
+        key_id: *key_id.as_bytes(),
+        role: caller.to_u32(),
+        hour,
+    };
+    let shared = usage::available() && (in_recovery || usage::flusher_db() == db.to_u32());
+    if shared && usage::count(slot, now) {
+        return;
+    }
+    if in_recovery {
+        if usage::available() {
+            usage::note_uncounted();
+        }
+        return;
+    }
+    write_use(key_id, caller, hour, now);
+}
+
+/// One use written through to byok.key_usage (and keys.last_used_at).
+pub(crate) fn write_use(key_id: &Uuid, role: pg_sys::Oid, hour: i64, now: i64) {
+    let hour =
+        TimestampWithTimeZone::try_from(hour).expect("the current hour is a valid timestamp");
+    let now = TimestampWithTimeZone::try_from(now).expect("the current time is a valid timestamp");
+    Spi::connect_mut(|client| {
+        let args = [
+            (*key_id).into(),
+            i64::from(role.to_u32()).into(),
+            hour.into(),
+            now.into(),
+        ];
+        with_plan(
+            &WRITE_PLAN,
+            client,
+            WRITE_USE,
+            &[
+                PgBuiltInOids::UUIDOID,
+                PgBuiltInOids::INT8OID,
+                PgBuiltInOids::TIMESTAMPTZOID,
+                PgBuiltInOids::TIMESTAMPTZOID,
+            ],
+            true,
+            |plan, client| client.update(plan, None, &args).or_raise_spi(),
+        );
+    });
+}
+
+/// SPI errors here are Postgres errors already reported, or a broken plan:
+/// neither carries key material.
+trait OrRaiseSpi<T> {
+    fn or_raise_spi(self) -> T;
+}
+
+impl<T> OrRaiseSpi<T> for Result<T, pgrx::spi::SpiError> {
+    fn or_raise_spi(self) -> T {
+        self.unwrap_or_else(|e| panic!("pg_byok use_key: {e}"))
+    }
+}
