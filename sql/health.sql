@@ -155,11 +155,19 @@ BEGIN
                         CASE WHEN k.status = 'active' AND every > 0
                              THEN coalesce(k.checked_at, k.validated_at, k.created_at)
                                   + make_interval(secs => every) END),
-               k.last_used_at,
+               greatest(k.last_used_at, live.at),
                k.status = 'active'
-                   AND coalesce(k.last_used_at, k.validated_at, k.created_at) < clock_timestamp() - idle_after
+                   AND coalesce(greatest(k.last_used_at, live.at), k.validated_at, k.created_at)
+                       < clock_timestamp() - idle_after
           FROM byok.keys k
           LEFT JOIN byok.jobs j ON j.key_id = k.id
+          -- Uses counted in shared memory since the last flush (on a
+          -- standby: all of them); keys.last_used_at has the flushed ones.
+          LEFT JOIN (SELECT c.key_id, max(c.last_used_at) AS at
+                       FROM byok._usage_counters() c
+                      WHERE c.database_oid = (SELECT d.oid::bigint FROM pg_database d
+                                               WHERE d.datname = current_database())
+                      GROUP BY c.key_id) live ON live.key_id = k.id
          WHERE k.workspace_id = key_health.workspace_id
            AND k.status IN ('pending', 'active', 'unverified')
          ORDER BY k.vendor, k.created_at DESC, k.id;

@@ -1604,6 +1604,50 @@ CREATE OR REPLACE FUNCTION byok.use_key("workspace_id" uuid, "vendor" text) RETU
 VOLATILE SECURITY DEFINER SET search_path TO pg_catalog, pg_temp
 LANGUAGE c AS 'MODULE_PATHNAME', 'use_key_wrapper';
 
+-- key_health's last use: keys.last_used_at (moved by each flush) or a use
+-- still counted in shared memory, whichever is later (sql/health.sql).
+CREATE OR REPLACE FUNCTION byok.key_health(workspace_id uuid)
+RETURNS TABLE(key_id uuid, vendor text, masked text, status text, vendor_account text,
+              last_checked_at timestamptz, last_outcome text, next_check_due timestamptz,
+              last_used_at timestamptz, idle boolean)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    every integer := byok._revalidate_interval();
+    idle_after interval := make_interval(days => byok._idle_key_days());
+BEGIN
+    PERFORM byok._require(key_health.workspace_id, 'workspace_id');
+    IF NOT byok.authorize(key_health.workspace_id) THEN
+        PERFORM byok._deny_workspace(key_health.workspace_id);
+    END IF;
+    -- A queued job is the next check; otherwise an active key is due one
+    -- interval after its last check (never, with the schedule off).
+    RETURN QUERY
+        SELECT k.id, k.vendor, k.masked, k.status, k.vendor_account,
+               k.checked_at, k.check_outcome,
+               coalesce(j.run_after,
+                        CASE WHEN k.status = 'active' AND every > 0
+                             THEN coalesce(k.checked_at, k.validated_at, k.created_at)
+                                  + make_interval(secs => every) END),
+               greatest(k.last_used_at, live.at),
+               k.status = 'active'
+                   AND coalesce(greatest(k.last_used_at, live.at), k.validated_at, k.created_at)
+                       < clock_timestamp() - idle_after
+          FROM byok.keys k
+          LEFT JOIN byok.jobs j ON j.key_id = k.id
+          -- Uses counted in shared memory since the last flush (on a
+          -- standby: all of them); keys.last_used_at has the flushed ones.
+          LEFT JOIN (SELECT c.key_id, max(c.last_used_at) AS at
+                       FROM byok._usage_counters() c
+                      WHERE c.database_oid = (SELECT d.oid::bigint FROM pg_database d
+                                               WHERE d.datname = current_database())
+                      GROUP BY c.key_id) live ON live.key_id = k.id
+         WHERE k.workspace_id = key_health.workspace_id
+           AND k.status IN ('pending', 'active', 'unverified')
+         ORDER BY k.vendor, k.created_at DESC, k.id;
+END
+$$;
+
 -- sql/bootstrap.sql's append-only trigger, retention let through.
 CREATE OR REPLACE FUNCTION byok._audit_is_append_only() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

@@ -70,6 +70,8 @@ mod tests {
         let key = anthropic_key('x');
         add("anthropic", &key);
         validate_all("valid");
+        // Per-call audit of use_key (the default counts uses instead).
+        Spi::run("SET LOCAL byok.use_audit = 'each'").unwrap();
         Spi::run(&format!("SELECT byok.use_key('{WS}', 'anthropic')")).unwrap();
         let actions =
             Spi::get_one::<Vec<String>>("SELECT array_agg(action ORDER BY id) FROM byok.audit_log")

@@ -222,3 +222,71 @@ fn audit_pruning(at: Option<TimestampWithTimeZone>) -> bool {
     let cutoff = now - i64::from(days) * 86_400_000_000;
     pg_sys::TimestampTz::from(at) < cutoff
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::tests_support::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn a_flush_moves_a_keys_counters_to_the_table_and_last_used_at() {
+        let key = openai_key('f');
+        let id = add("openai", &key);
+        validate_all("valid");
+        // Counted in shared memory only where a worker serves the database
+        // (here: pgrx_tests, flushing hourly); elsewhere written through.
+        for _ in 0..3 {
+            Spi::run(&format!("SELECT byok.use_key('{WS}', 'openai')")).unwrap();
+        }
+        let uuid = pgrx::Uuid::from_bytes(*uuid::Uuid::parse_str(&id).unwrap().as_bytes());
+        let mine: Vec<_> = crate::usage::snapshot(None)
+            .into_iter()
+            .filter(|(s, _)| s.key_id == *uuid.as_bytes())
+            .collect();
+        let missing = super::write_counts(&mine);
+        assert!(missing.is_empty(), "the key is visible to this transaction");
+        crate::usage::settle(&mine, &missing, 0);
+        let (table, live) = Spi::get_two::<i64, i64>(&format!(
+            "SELECT (SELECT coalesce(sum(uses), 0)::bigint FROM byok.key_usage WHERE key_id = '{id}'),
+                    (SELECT coalesce(sum(uses), 0)::bigint FROM byok.key_usage_live WHERE key_id = '{id}')"
+        ))
+        .unwrap();
+        assert_eq!((table, live), (Some(3), Some(0)));
+        let used = Spi::get_one::<bool>(&format!(
+            "SELECT k.last_used_at = u.last_used_at FROM byok.keys k
+               JOIN byok.key_usage u ON u.key_id = k.id WHERE k.id = '{id}'"
+        ))
+        .unwrap();
+        assert_eq!(used, Some(true));
+    }
+
+    #[pg_test]
+    fn retention_deletes_only_audit_rows_past_it() {
+        Spi::run(
+            "INSERT INTO byok.audit_log (at, actor_role, action, detail) VALUES
+               (clock_timestamp() - interval '400 days', 'tester', 'add', 'old'),
+               (clock_timestamp() - interval '10 days', 'tester', 'add', 'recent')",
+        )
+        .unwrap();
+        // byok.audit_retention_days is 365 (the default).
+        assert_eq!(super::prune_audit(100), 1);
+        let left = Spi::get_one::<Vec<String>>(
+            "SELECT array_agg(detail ORDER BY id) FROM byok.audit_log WHERE actor_role = 'tester'",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(left, vec!["recent".to_string()]);
+        assert_eq!(super::prune_audit(100), 0, "nothing is due");
+        // Outside prune_audit the guard holds, for old rows too.
+        Spi::run(
+            "INSERT INTO byok.audit_log (at, actor_role, action) \
+             VALUES (clock_timestamp() - interval '400 days', 'tester', 'add')",
+        )
+        .unwrap();
+        assert_eq!(
+            sqlstate_of("DELETE FROM byok.audit_log WHERE actor_role = 'tester'").as_deref(),
+            Some("42501")
+        );
+    }
+}

@@ -267,3 +267,151 @@ impl<T> OrRaiseSpi<T> for Result<T, pgrx::spi::SpiError> {
         self.unwrap_or_else(|e| panic!("pg_byok use_key: {e}"))
     }
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::tests_support::*;
+    use pgrx::prelude::*;
+
+    fn active_key(vendor: &str, key: &str) -> String {
+        let id = add(vendor, key);
+        validate_all("valid");
+        id
+    }
+
+    /// Uses of a key counted so far: in shared memory and in the table.
+    fn counted(id: &str) -> i64 {
+        Spi::get_one::<i64>(&format!(
+            "SELECT ((SELECT coalesce(sum(uses), 0) FROM byok.key_usage_live WHERE key_id = '{id}')
+                  + (SELECT coalesce(sum(uses), 0) FROM byok.key_usage WHERE key_id = '{id}'))::bigint"
+        ))
+        .unwrap()
+        .unwrap()
+    }
+
+    #[pg_test]
+    fn use_key_keeps_the_errors_and_hints_of_0_1_0() {
+        let cases = [
+            (
+                "SELECT byok.use_key(NULL, 'openai')".to_string(),
+                "22004",
+                "workspace_id must not be NULL",
+                "Pass a non-NULL workspace_id.",
+            ),
+            (
+                format!("SELECT byok.use_key('{WS}', NULL)"),
+                "22004",
+                "vendor must not be NULL",
+                "Pass a non-NULL vendor.",
+            ),
+            (
+                format!("SELECT byok.use_key('{WS}', 'openai')"),
+                "P0002",
+                "no active openai key for workspace 11111111-1111-1111-1111-111111111111",
+                "Ask the workspace to add a key with byok.add_key.",
+            ),
+        ];
+        for (sql, state, msg, hint) in cases {
+            let (got, m, h) = error_of(&sql);
+            assert_eq!(
+                (got.as_str(), m.as_str(), h.as_deref()),
+                (state, msg, Some(hint))
+            );
+        }
+        assert_eq!(
+            error_of(&format!("SELECT byok.use_key('{WS}', 'gemini')")).0,
+            "22023"
+        );
+        add("anthropic", &anthropic_key('p'));
+        let (state, _, hint) = error_of(&format!("SELECT byok.use_key('{WS}', 'anthropic')"));
+        assert_eq!(
+            (state.as_str(), hint.as_deref()),
+            (
+                "P0002",
+                Some("A key is pending validation; retry once the sidecar has validated it.")
+            )
+        );
+        // A role that may execute the function but is no member of
+        // byok_consumer is refused by use_key's own check.
+        Spi::run(
+            "CREATE ROLE byok_test_stranger;
+             GRANT USAGE ON SCHEMA byok TO byok_test_stranger;
+             GRANT EXECUTE ON FUNCTION byok.use_key(uuid, text) TO byok_test_stranger;
+             SET LOCAL ROLE byok_test_stranger",
+        )
+        .unwrap();
+        // error_of's function exists already (created above, as superuser);
+        // called directly, since the stranger may not replace it.
+        let refused = Spi::get_three_with_args::<String, String, String>(
+            "SELECT state, msg, nullif(hint, '') FROM pg_temp.error_of($1)",
+            &[format!("SELECT byok.use_key('{WS}', 'anthropic')")
+                .as_str()
+                .into()],
+        )
+        .unwrap();
+        Spi::run("RESET ROLE").unwrap();
+        let refused = (
+            refused.0.unwrap_or_default(),
+            refused.1.unwrap_or_default(),
+            refused.2,
+        );
+        assert_eq!(
+            (refused.0.as_str(), refused.1.as_str(), refused.2.as_deref()),
+            (
+                "42501",
+                "permission denied: byok.use_key is for the byok_consumer role",
+                Some(
+                    "Call it from your backend as a role granted byok_consumer (service_role on Supabase)."
+                )
+            )
+        );
+    }
+
+    #[pg_test]
+    fn each_mode_audits_every_use_and_aggregate_mode_only_counts() {
+        let key = openai_key('e');
+        let id = active_key("openai", &key);
+        let audited = || {
+            Spi::get_one::<i64>(&format!(
+                "SELECT count(*) FROM byok.audit_log WHERE action = 'use' AND key_id = '{id}'"
+            ))
+            .unwrap()
+            .unwrap()
+        };
+        Spi::run("SET LOCAL byok.use_audit = 'each'").unwrap();
+        for _ in 0..2 {
+            let got =
+                Spi::get_one::<String>(&format!("SELECT byok.use_key('{WS}', 'openai')")).unwrap();
+            assert_eq!(got.as_deref(), Some(key.as_str()));
+        }
+        assert_eq!(audited(), 2);
+        Spi::run("SET LOCAL byok.use_audit = 'aggregate'").unwrap();
+        Spi::run(&format!("SELECT byok.use_key('{WS}', 'openai')")).unwrap();
+        assert_eq!(audited(), 2, "aggregate mode writes no audit row");
+        assert_eq!(counted(&id), 3, "every use is counted in both modes");
+    }
+
+    #[pg_test]
+    fn the_caller_is_the_set_role_not_the_definer() {
+        let key = anthropic_key('r');
+        let id = active_key("anthropic", &key);
+        Spi::run(
+            "CREATE ROLE byok_test_backend IN ROLE byok_consumer;
+             SET LOCAL ROLE byok_test_backend",
+        )
+        .unwrap();
+        let got =
+            Spi::get_one::<String>(&format!("SELECT byok.use_key('{WS}', 'anthropic')")).unwrap();
+        Spi::run("RESET ROLE").unwrap();
+        assert_eq!(got.as_deref(), Some(key.as_str()));
+        let roles = Spi::get_one::<Vec<String>>(&format!(
+            "SELECT array_agg(DISTINCT role) FROM (
+                SELECT role FROM byok.key_usage_live WHERE key_id = '{id}'
+                UNION ALL SELECT role FROM byok.key_usage WHERE key_id = '{id}') r"
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(roles, vec!["byok_test_backend".to_string()]);
+    }
+}

@@ -574,6 +574,16 @@ fn key_health_reports_checks_use_and_idle_keys() {
         .unwrap()
         .get(8);
     assert!(used.unwrap().elapsed().unwrap() < Duration::from_secs(60));
+    // The use is counted in shared memory until the worker flushes it into
+    // byok.key_usage and keys.last_used_at (byok.usage_flush_interval).
+    byok_integration::wait_until("the use is flushed", Duration::from_secs(60), || {
+        db.query_one(
+            "SELECT count(*) = 0 FROM byok.key_usage_live WHERE key_id = $1",
+            &[&active],
+        )
+        .unwrap()
+        .get(0)
+    });
     db.execute(
         "UPDATE byok.keys SET last_used_at = clock_timestamp() - interval '91 days' WHERE id = $1",
         &[&active],
@@ -590,7 +600,7 @@ fn key_health_reports_checks_use_and_idle_keys() {
     db.batch_execute("SET byok.idle_key_days = 120").unwrap();
     assert!(!idle(&mut db), "byok.idle_key_days moves the line");
     db.batch_execute("RESET byok.idle_key_days").unwrap();
-    // A use within the minute does not write again; an older one does.
+    // A new use counts at once (from shared memory, before any flush).
     use_key(&mut c.client_as("backend"), ws, "anthropic").unwrap();
     assert!(!idle(&mut db));
 

@@ -159,6 +159,10 @@ fn audit_rows_name_the_actor_and_never_hold_key_material() {
     let (a, alice) = (w.a, w.alice);
     let mut keys: Vec<String> = vec![w.key_a.clone(), w.key_b.clone()];
     let mut db = w.su();
+    // Per-call audit of use_key (the default counts uses instead, without an
+    // audit row: integration/tests/use_record.rs); read at each new session.
+    db.batch_execute("ALTER DATABASE byok SET byok.use_audit = 'each'")
+        .unwrap();
 
     // Rotation, use, revoke, invalid, revalidate, a key pasted into label/reason/detail.
     let rot = sample_key("anthropic", 8101);

@@ -220,7 +220,10 @@ fn each_mode_writes_one_durable_audit_row_per_use() {
     let ws = Uuid::new_v4();
     let key = sample_key("openai", 33);
     let k = add_active(&c, ws, "openai", &key);
-    set_system(&c, "byok.use_audit", "each");
+    // Read at each new session, so the next connection has it.
+    c.client()
+        .batch_execute("ALTER DATABASE byok SET byok.use_audit = 'each'")
+        .unwrap();
     let (n, m) = (6, 4);
     use_n(&c, ws, "openai", &key, n);
     assert_eq!(audit_uses(&mut c.client(), k.id), n as i64);
