@@ -64,9 +64,9 @@ pub static USAGE_DATABASE: GucSetting<Option<CString>> =
 /// Seconds between flushes of the shared counters: what a crash can lose.
 pub static USAGE_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
 
-/// How many (database, key, role, hour) counters shared memory holds (at
-/// most the compiled capacity). Fixed at server start.
-pub static USAGE_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(crate::usage::CAPACITY as i32);
+/// How many (database, key, role, hour) counters shared memory holds. Fixed
+/// at server start (it sizes the shared memory).
+pub static USAGE_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(crate::usage::DEFAULT_SLOTS);
 
 /// Days an audit row is kept; the background worker deletes older ones
 /// (0: kept forever). Server-wide, so SIGHUP.
@@ -171,7 +171,7 @@ pub fn register() {
         c"When they are all taken, use_key writes its use to byok.key_usage itself.",
         &USAGE_SLOTS,
         1,
-        crate::usage::CAPACITY as i32,
+        crate::usage::MAX_SLOTS,
         GucContext::Postmaster,
         GucFlags::default(),
     );

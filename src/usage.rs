@@ -10,18 +10,22 @@
 //! table itself (use_key.rs); on a hot standby, where nothing can be written,
 //! the counters stay here and `byok.key_usage_live` shows them.
 //!
-//! Shared memory exists only when the library is preloaded
+//! The table is sized at server start (`byok.usage_slots`). Shared memory
+//! exists only when the library is preloaded
 //! (`shared_preload_libraries`); without it every use is written through.
 
 use crate::settings::USAGE_SLOTS;
-use heapless::FnvIndexMap;
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic, PgLwLock};
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic, PgLwLock, PgSharedMemoryInitialization};
+use std::cell::UnsafeCell;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
-/// Compiled slot count (a power of two, as heapless's map needs): 8192
-/// slots of 56 bytes, under half a megabyte. `byok.usage_slots` may use fewer.
-pub const CAPACITY: usize = 8192;
+/// Default and largest `byok.usage_slots`. 65,536 counters take 5 MB of
+/// shared memory (the table has half as many entries again, so probes stay
+/// short); a counter is taken per key, role and hour used between flushes.
+pub const DEFAULT_SLOTS: i32 = 65_536;
+pub const MAX_SLOTS: i32 = 4_194_304;
 
 /// One hour in Postgres timestamp units (microseconds).
 const USECS_PER_HOUR: i64 = 3_600_000_000;
@@ -43,21 +47,108 @@ pub struct Count {
     pub last_used: i64,
 }
 
-pub struct Counters(FnvIndexMap<Slot, Count, CAPACITY>);
+/// One entry of the open-addressing table; all zeroes is an empty entry,
+/// so the table starts as zeroed shared memory.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Entry {
+    used: u32,
+    db: u32,
+    role: u32,
+    _pad: u32,
+    key_id: [u8; 16],
+    hour: i64,
+    uses: u64,
+    last_used: i64,
+}
 
-impl Default for Counters {
-    fn default() -> Self {
-        Counters(FnvIndexMap::new())
+impl Entry {
+    fn slot(&self) -> Slot {
+        Slot {
+            db: self.db,
+            key_id: self.key_id,
+            role: self.role,
+            hour: self.hour,
+        }
     }
 }
 
-// SAFETY: the map is plain data stored inline (no pointers, no heap), so it
-// means the same in every process that maps the segment; access goes
-// through the PgLwLock below.
-unsafe impl PGRXSharedMemory for Counters {}
+/// How many counters are taken; the table itself is [`TABLE`]. Both are
+/// read and written only under this LWLock.
+#[derive(Clone, Copy, Default)]
+pub struct TableState {
+    taken: usize,
+}
 
-// SAFETY (the three statics below): each name is unique to pg_byok.
-static COUNTERS: PgLwLock<Counters> = unsafe { PgLwLock::new(c"pg_byok usage counters") };
+// SAFETY: plain data, no pointers.
+unsafe impl PGRXSharedMemory for TableState {}
+
+/// The entries, in a shared memory region of their own sized at server
+/// start from `byok.usage_slots` (pgrx's by-value initialisation would
+/// build megabytes on the postmaster's stack; this region is zeroed in
+/// place instead).
+pub struct Table {
+    entries: UnsafeCell<*mut Entry>,
+}
+
+// SAFETY: the pointer is set once in the postmaster before any backend
+// exists and inherited; the entries are touched only under COUNTERS.
+unsafe impl Sync for Table {}
+
+impl Table {
+    const fn new() -> Self {
+        Table {
+            entries: UnsafeCell::new(std::ptr::null_mut()),
+        }
+    }
+}
+
+/// Entries in the table for `slots` counters: half as many again, so a
+/// full table is two-thirds occupied and linear probes stay short.
+fn table_len(slots: usize) -> usize {
+    slots + slots / 2 + 1
+}
+
+fn slot_limit() -> usize {
+    usize::try_from(USAGE_SLOTS.get())
+        .unwrap_or(1)
+        .clamp(1, MAX_SLOTS as usize)
+}
+
+impl PgSharedMemoryInitialization for Table {
+    type Value = ();
+
+    unsafe fn on_shmem_request(&'static self) {
+        let bytes = table_len(slot_limit()) * std::mem::size_of::<Entry>();
+        // SAFETY: called from shmem_request_hook (the trait's contract).
+        unsafe { pg_sys::RequestAddinShmemSpace(bytes) };
+    }
+
+    unsafe fn on_shmem_startup(&'static self, _value: ()) {
+        let len = table_len(slot_limit());
+        let bytes = len * std::mem::size_of::<Entry>();
+        // SAFETY: called from shmem_startup_hook (the trait's contract),
+        // under AddinShmemInitLock as Postgres requires (pgrx's own types
+        // find it the same way); a region created here is zeroed, which is
+        // an empty table.
+        unsafe {
+            let lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
+            pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+            let mut found = false;
+            let ptr = pg_sys::ShmemInitStruct(c"pg_byok usage table".as_ptr(), bytes, &mut found)
+                .cast::<Entry>();
+            if !found {
+                std::ptr::write_bytes(ptr, 0, len);
+            }
+            *self.entries.get() = ptr;
+            pg_sys::LWLockRelease(lock);
+        }
+    }
+}
+
+// SAFETY (the statics below): each name is unique to pg_byok.
+static COUNTERS: PgLwLock<TableState> = unsafe { PgLwLock::new(c"pg_byok usage counters") };
+static TABLE: Table = Table::new();
 /// The database the worker is flushing (0: no worker connected yet).
 static FLUSHER_DB: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"pg_byok usage flusher db") };
 /// Uses a standby could not count because every slot was taken.
@@ -74,6 +165,7 @@ static IN_SHARED_MEMORY: AtomicBool = AtomicBool::new(false);
 #[allow(unexpected_cfgs)]
 pub fn init() {
     pg_shmem_init!(COUNTERS);
+    pg_shmem_init!(TABLE);
     pg_shmem_init!(FLUSHER_DB);
     pg_shmem_init!(UNCOUNTED);
     pg_shmem_init!(LAST_FLUSH);
@@ -85,10 +177,33 @@ pub fn available() -> bool {
     IN_SHARED_MEMORY.load(Ordering::Relaxed)
 }
 
-fn slot_limit() -> usize {
-    usize::try_from(USAGE_SLOTS.get())
-        .unwrap_or(CAPACITY)
-        .clamp(1, CAPACITY)
+/// The table's entries. The caller holds COUNTERS (shared to read,
+/// exclusive to write) for as long as it uses the slice.
+#[allow(clippy::mut_from_ref)]
+fn entries<'a>(_held: &TableState) -> &'a mut [Entry] {
+    // SAFETY: the region holds table_len(slot_limit()) entries (the setting
+    // is fixed at server start, so every process computes the same length),
+    // and the caller's guard on COUNTERS serialises access to it.
+    unsafe { std::slice::from_raw_parts_mut(*TABLE.entries.get(), table_len(slot_limit())) }
+}
+
+fn start_of(slot: &Slot, len: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    slot.hash(&mut h);
+    (h.finish() % len as u64) as usize
+}
+
+/// Index of `slot`'s entry, or of the empty entry where it would go.
+fn probe(entries: &[Entry], slot: &Slot) -> usize {
+    let len = entries.len();
+    let mut i = start_of(slot, len);
+    loop {
+        let e = &entries[i];
+        if e.used == 0 || e.slot() == *slot {
+            return i;
+        }
+        i = (i + 1) % len;
+    }
 }
 
 /// The hour a timestamp falls in.
@@ -98,26 +213,30 @@ pub fn hour_of(ts: i64) -> i64 {
 
 /// Count one use; false when every slot is taken by other counters.
 pub fn count(slot: Slot, now: i64) -> bool {
-    let limit = slot_limit();
-    let mut counters = COUNTERS.exclusive();
-    if let Some(c) = counters.0.get_mut(&slot) {
-        c.uses += 1;
-        c.last_used = c.last_used.max(now);
+    let mut state = COUNTERS.exclusive();
+    let entries = entries(&state);
+    let i = probe(entries, &slot);
+    let e = &mut entries[i];
+    if e.used != 0 {
+        e.uses += 1;
+        e.last_used = e.last_used.max(now);
         return true;
     }
-    if counters.0.len() >= limit {
+    if state.taken >= slot_limit() {
         return false;
     }
-    counters
-        .0
-        .insert(
-            slot,
-            Count {
-                uses: 1,
-                last_used: now,
-            },
-        )
-        .is_ok()
+    *e = Entry {
+        used: 1,
+        db: slot.db,
+        role: slot.role,
+        _pad: 0,
+        key_id: slot.key_id,
+        hour: slot.hour,
+        uses: 1,
+        last_used: now,
+    };
+    state.taken += 1;
+    true
 }
 
 /// A use a standby could not count (every slot taken, nothing writable).
@@ -140,37 +259,69 @@ pub fn note_flush(at: i64) {
 
 /// A copy of the counters, all databases' or one's.
 pub fn snapshot(db: Option<u32>) -> Vec<(Slot, Count)> {
-    let counters = COUNTERS.share();
-    counters
-        .0
+    let state = COUNTERS.share();
+    entries(&state)
         .iter()
-        .filter(|(s, _)| db.is_none_or(|d| s.db == d))
-        .map(|(s, c)| (*s, *c))
+        .filter(|e| e.used != 0 && db.is_none_or(|d| e.db == d))
+        .map(|e| {
+            (
+                e.slot(),
+                Count {
+                    uses: e.uses,
+                    last_used: e.last_used,
+                },
+            )
+        })
         .collect()
 }
 
 /// After a flush committed: take away what it wrote. Counters of keys the
 /// flush could not find (`missing`) are dropped once unused for an hour: a
 /// key not yet visible to the worker (its transaction still open) keeps its
-/// counts meanwhile.
+/// counts meanwhile. Emptied entries are removed by rebuilding the table
+/// (linear probing has no cheap single delete), under the same lock.
 pub fn settle(flushed: &[(Slot, Count)], missing: &[[u8; 16]], now: i64) {
-    let mut counters = COUNTERS.exclusive();
+    let mut state = COUNTERS.exclusive();
+    let entries = entries(&state);
+    let mut emptied = false;
     for (slot, written) in flushed {
-        let gone = missing.contains(&slot.key_id);
-        let Some(c) = counters.0.get_mut(slot) else {
+        let e = &mut entries[probe(entries, slot)];
+        if e.used == 0 {
             continue;
-        };
-        if gone {
-            if c.last_used < now - USECS_PER_HOUR {
-                counters.0.remove(slot);
+        }
+        if missing.contains(&slot.key_id) {
+            if e.last_used < now - USECS_PER_HOUR {
+                e.uses = 0;
+                emptied = true;
             }
             continue;
         }
-        c.uses = c.uses.saturating_sub(written.uses);
-        if c.uses == 0 {
-            counters.0.remove(slot);
-        }
+        e.uses = e.uses.saturating_sub(written.uses);
+        emptied |= e.uses == 0;
     }
+    if !emptied {
+        return;
+    }
+    let kept: Vec<Entry> = entries
+        .iter()
+        .filter(|e| e.used != 0 && e.uses > 0)
+        .copied()
+        .collect();
+    entries.fill(Entry {
+        used: 0,
+        db: 0,
+        role: 0,
+        _pad: 0,
+        key_id: [0; 16],
+        hour: 0,
+        uses: 0,
+        last_used: 0,
+    });
+    for e in &kept {
+        let i = probe(entries, &e.slot());
+        entries[i] = *e;
+    }
+    state.taken = kept.len();
 }
 
 /// The live counters of every database, as `byok.key_usage_live` shows
@@ -223,7 +374,7 @@ fn usage_status() -> TableIterator<
     ),
 > {
     let row = if available() {
-        let used = COUNTERS.share().0.len();
+        let used = COUNTERS.share().taken;
         let db = flusher_db();
         let last = LAST_FLUSH.get().load(Ordering::Relaxed);
         (
