@@ -181,9 +181,10 @@ pub(crate) fn prune_audit(batch: i64) -> i64 {
     if days <= 0 {
         return 0;
     }
+    // A scalar subquery: an empty audit trail gives false, not "no row".
     let due = Spi::get_one_with_args::<bool>(
-        "SELECT at < clock_timestamp() - make_interval(days => $1) \
-           FROM byok.audit_log ORDER BY id LIMIT 1",
+        "SELECT coalesce((SELECT at < clock_timestamp() - make_interval(days => $1) \
+                            FROM byok.audit_log ORDER BY id LIMIT 1), false)",
         &[days.into()],
     )
     .unwrap_or_else(|e| panic!("pg_byok audit retention: {e}"))
@@ -263,6 +264,11 @@ mod tests {
 
     #[pg_test]
     fn retention_deletes_only_audit_rows_past_it() {
+        // An empty trail (as in a fresh database) prunes nothing, and fails not.
+        Spi::run("ALTER TABLE byok.audit_log DISABLE TRIGGER audit_log_no_update_delete").unwrap();
+        Spi::run("DELETE FROM byok.audit_log").unwrap();
+        Spi::run("ALTER TABLE byok.audit_log ENABLE TRIGGER audit_log_no_update_delete").unwrap();
+        assert_eq!(super::prune_audit(100), 0);
         Spi::run(
             "INSERT INTO byok.audit_log (at, actor_role, action, detail) VALUES
                (clock_timestamp() - interval '400 days', 'tester', 'add', 'old'),
