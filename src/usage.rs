@@ -360,6 +360,8 @@ fn usage_counters() -> TableIterator<
 }
 
 /// The state of the shared counters, for operators (`byok.usage_status`).
+// The columns must be spelled out in the signature for pgrx's SQL.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, name = "usage_status")]
 #[search_path(pg_catalog, pg_temp)]
 fn usage_status() -> TableIterator<
