@@ -82,6 +82,22 @@ fn all_errors() -> Vec<(CoreError, ErrorKind)> {
             },
             MasterKeyUnavailable,
         ),
+        (VaultNotInstalled, ErrorKind::VaultUnavailable),
+        (VaultNotPreloaded, ErrorKind::VaultUnavailable),
+        (
+            VaultTooOld {
+                version: "0.2.8".into(),
+            },
+            ErrorKind::VaultUnavailable,
+        ),
+        (
+            VaultUnsafe {
+                object: "table vault.secrets".into(),
+            },
+            ErrorKind::VaultUnavailable,
+        ),
+        (VaultRootKeyMissing, ErrorKind::VaultUnavailable),
+        (VaultWrongRootKey, ErrorKind::VaultUnavailable),
     ]
 }
 
