@@ -22,6 +22,7 @@ mod sealing;
 mod settings;
 mod tenancy;
 mod text;
+mod vault;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests_support;

@@ -39,6 +39,8 @@ pub enum CoreError {
         "the stored key failed authentication: its ciphertext was altered or moved to another row"
     )]
     Tampered { reason: &'static str },
+    #[error("the stored key failed authentication: its Supabase Vault secret {reason}")]
+    VaultTampered { reason: &'static str },
     #[error("master key version {version} is not loaded, and this key was encrypted with it")]
     MasterKeyMissing { version: u32 },
     #[error("the master key loaded as version {version} is not the one that encrypted this key")]
@@ -101,7 +103,7 @@ impl CoreError {
             | OAuthToken
             | WrongVendor { .. } => ErrorKind::InvalidArgument,
             NullArgument { .. } => ErrorKind::NullValue,
-            Tampered { .. } => ErrorKind::Tampered,
+            Tampered { .. } | VaultTampered { .. } => ErrorKind::Tampered,
             MasterKeyMissing { .. }
             | MasterKeyMismatch { .. }
             | MasterKeyRetired { .. }
@@ -147,6 +149,9 @@ impl CoreError {
             Tampered { .. } => {
                 "Add the key again, and check who can write to byok.keys.".to_owned()
             }
+            VaultTampered { .. } => "Add the key again, and check who can write to vault.secrets \
+                 and byok.keys (a secret swapped between keys is refused, never served)."
+                .to_owned(),
             MasterKeyMissing { version } => format!(
                 "Add version {version} of the master key to the keyring file named by \
                  byok.master_key_file (keep old versions until every key is rewrapped), \

@@ -180,7 +180,10 @@ mod tests {
         assert!(preloads("$libdir/supabase_vault.so", VAULT_LIBRARY));
         assert!(!preloads("pg_byok", VAULT_LIBRARY));
         assert!(!preloads("", VAULT_LIBRARY));
-        assert!(!preloads("supabase_vault_x,my_supabase_vault", VAULT_LIBRARY));
+        assert!(!preloads(
+            "supabase_vault_x,my_supabase_vault",
+            VAULT_LIBRARY
+        ));
     }
 
     #[test]

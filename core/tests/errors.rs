@@ -82,6 +82,7 @@ fn all_errors() -> Vec<(CoreError, ErrorKind)> {
             },
             MasterKeyUnavailable,
         ),
+        (VaultTampered { reason: "is gone" }, ErrorKind::Tampered),
         (VaultNotInstalled, ErrorKind::VaultUnavailable),
         (VaultNotPreloaded, ErrorKind::VaultUnavailable),
         (
