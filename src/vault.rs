@@ -75,13 +75,16 @@ fn at_most_one<T>(result: Result<Option<T>, pgrx::spi::Error>) -> Option<T> {
 /// caller raises its own error right away, so the aborted statement's state
 /// is cleaned up by the transaction's abort.
 fn vault_call<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, VaultFailure> {
-    let classify = |e: CaughtError| match e {
-        CaughtError::PostgresError(report) => Err(storage::classify_vault_error(report.message())),
-        other => other.rethrow(),
-    };
     PgTryBuilder::new(|| Ok(f()))
-        .catch_when(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, classify)
-        .catch_when(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, classify)
+        .catch_others(|e| match e {
+            CaughtError::PostgresError(ref report)
+                if storage::VAULT_FAILURE_SQLSTATES
+                    .contains(&storage::sqlstate_text(report.sql_error_code() as i32).as_str()) =>
+            {
+                Err(storage::classify_vault_error(report.message()))
+            }
+            other => other.rethrow(),
+        })
         .execute()
 }
 

@@ -121,6 +121,19 @@ pub enum VaultFailure {
     Undecryptable,
 }
 
+/// The SQLSTATEs of Vault's failures that pg_byok catches and raises again
+/// as its own: Vault's (22000) and `decode`'s for a secret that is not
+/// base64 (22023). Anything else (a cancel, out of memory) passes through.
+pub const VAULT_FAILURE_SQLSTATES: &[&str] = &["22000", "22023"];
+
+/// A packed error code (Postgres's MAKE_SQLSTATE: six bits a character,
+/// first character lowest) as its five-character SQLSTATE.
+pub fn sqlstate_text(code: i32) -> String {
+    (0..5)
+        .map(|i| char::from(b'0' + ((code >> (6 * i)) & 0x3F) as u8))
+        .collect()
+}
+
 pub fn classify_vault_error(message: &str) -> VaultFailure {
     if message.contains(NO_ROOT_KEY) {
         VaultFailure::NoRootKey
@@ -215,6 +228,21 @@ mod tests {
             classify_vault_error("invalid symbol \"!\" found while decoding base64 sequence"),
             VaultFailure::Undecryptable
         );
+    }
+
+    #[test]
+    fn packed_error_codes_unpack_to_their_sqlstate() {
+        // MAKE_SQLSTATE('2','2','0','0','0') and ('X','X','0','0','1').
+        let pack = |s: &str| {
+            s.bytes()
+                .enumerate()
+                .map(|(i, b)| i32::from((b - b'0') & 0x3F) << (6 * i))
+                .sum::<i32>()
+        };
+        for state in ["22000", "22023", "XX001", "57014", "P0002"] {
+            assert_eq!(sqlstate_text(pack(state)), state);
+        }
+        assert_eq!(pack("22000"), 130);
     }
 
     #[test]

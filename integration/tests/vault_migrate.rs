@@ -41,8 +41,11 @@ fn all_open(db: &mut Client) -> i64 {
     let wrong = count(
         db,
         &format!(
-            "SELECT count(*) FROM app_expected e JOIN byok.keys k ON k.workspace_id = e.ws
-              WHERE k.status = 'active' AND byok.use_key(e.ws, 'anthropic') IS DISTINCT FROM {}",
+            "WITH live AS MATERIALIZED (
+                 SELECT e.n, e.ws FROM app_expected e JOIN byok.keys k ON k.workspace_id = e.ws
+                  WHERE k.status = 'active')
+             SELECT count(*) FROM live e
+              WHERE byok.use_key(e.ws, 'anthropic') IS DISTINCT FROM {}",
             KEY_SQL.replace("n::text", "e.n::text")
         ),
     );
