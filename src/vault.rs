@@ -304,6 +304,8 @@ pub(crate) fn keyring_needed() -> bool {
 
 /// Normalise, check and store a key for a new row whose id is chosen here,
 /// where byok.storage says: its envelope (native) or its Vault secret's id.
+// The row type is spelled out: pgrx reads the column names from it.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, name = "_store")]
 #[search_path(pg_catalog, pg_temp)]
 fn store(
