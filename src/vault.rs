@@ -429,3 +429,59 @@ fn vault_delete(secret_id: Option<Uuid>) {
         .unwrap_or_else(|e| spi_failed(e)),
     }
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::tests_support::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn native_is_the_default_and_auto_falls_back_where_vault_is_absent() {
+        let id = add("anthropic", &anthropic_key('n'));
+        Spi::run("SET byok.storage = 'auto'").unwrap();
+        let auto = add("openai", &openai_key('a'));
+        let stored = Spi::get_one::<i64>(&format!(
+            "SELECT count(*) FROM byok.keys WHERE id IN ('{id}', '{auto}')
+                AND storage = 'native' AND ciphertext IS NOT NULL AND vault_secret_id IS NULL"
+        ))
+        .unwrap();
+        assert_eq!(stored, Some(2));
+        assert_eq!(
+            Spi::get_one::<String>("SELECT byok._vault_problem()")
+                .unwrap()
+                .as_deref(),
+            Some("not_installed")
+        );
+    }
+
+    #[pg_test]
+    fn vault_storage_without_vault_is_refused_before_any_row_exists() {
+        Spi::run("SET byok.storage = 'vault'").unwrap();
+        let key = anthropic_key('v');
+        let (state, msg, hint) = error_of(&format!(
+            "SELECT byok.add_key('{WS}', 'anthropic', '{key}')"
+        ));
+        assert_eq!(state, "55000");
+        assert!(msg.contains("not installed"), "{msg}");
+        assert!(hint.unwrap().contains("byok.storage = 'native'"));
+        assert!(!msg.contains(&key[20..40]));
+        assert_eq!(count("keys"), 0);
+        refused("SET byok.storage = 'elsewhere'", "22023");
+    }
+
+    #[pg_test]
+    fn a_key_cannot_be_in_both_places_or_a_dead_key_in_either() {
+        let id = add("anthropic", &anthropic_key('b'));
+        for change in [
+            "vault_secret_id = gen_random_uuid()",
+            "storage = 'vault'",
+            "status = 'revoked', revoked_at = now(), ciphertext = NULL, storage = 'vault', \
+             vault_secret_id = gen_random_uuid()",
+        ] {
+            let (state, _, _) =
+                error_of(&format!("UPDATE byok.keys SET {change} WHERE id = '{id}'"));
+            assert_eq!(state, "23514", "{change}");
+        }
+    }
+}

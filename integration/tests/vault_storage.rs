@@ -503,3 +503,33 @@ fn vault_plaintext_never_reaches_wal_or_data_files() {
         control_hits.len()
     );
 }
+
+/// The plaintext travels to Vault as a bound parameter: a failing write
+/// (here a constraint a superuser put on vault.secrets) shows the row it
+/// would have written, which holds Vault's ciphertext, and the calling
+/// statement, never the key, in the error and in the server log.
+#[test]
+fn a_failing_vault_write_shows_no_plaintext() {
+    let Some(c) = vault_cluster() else { return };
+    let mut db = c.client();
+    let ws = Uuid::new_v4();
+    add_key(&mut db, ws, "openai", &sample_key("openai", 1601), None).unwrap();
+    db.batch_execute(
+        "ALTER TABLE vault.secrets ADD CONSTRAINT short_only CHECK (length(secret) < 10) NOT VALID",
+    )
+    .unwrap();
+    let key = sample_key("anthropic", 1602);
+    let e = expect_state(
+        add_key(&mut db, ws, "anthropic", &key, None),
+        "23514",
+        "a vault write refused by a constraint",
+    );
+    let text = format!(
+        "{} {:?}",
+        error_text(&e),
+        e.as_db_error().map(|d| d.where_())
+    );
+    assert!(text.contains("Failing row contains"), "{text}");
+    assert_no_key_material(&text, &[&key], "the failing write's error");
+    assert_no_key_material(&c.server_log(), &[&key], "the server log");
+}
