@@ -91,6 +91,20 @@ fn vault_lifecycle_add_validate_use_rotate_revoke_and_workspace_end() {
         use_key(&mut c.client_as("backend"), ws, "anthropic").unwrap(),
         first
     );
+    // Master key rotation leaves vault keys alone (they have no envelope).
+    db.batch_execute("CALL byok.rewrap()").unwrap();
+    assert_eq!(
+        stored(&mut db, k1.id),
+        ("vault".to_string(), Some(secret1), true)
+    );
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT coalesce(sum(keys), 0)::bigint FROM byok.key_versions"
+        ),
+        0,
+        "key_versions counts only natively stored keys"
+    );
 
     // Rotation: the new key serves once valid; the old key's secret is gone.
     let second = sample_key("anthropic", 1002);
