@@ -114,8 +114,7 @@ fn require_vault() -> Result<(), CoreError> {
     if !preloaded() {
         return Err(CoreError::VaultNotPreloaded);
     }
-    if !ROOT_KEY_CHECKED.get() {
-        check_root_key()?;
+    if !ROOT_KEY_CHECKED.get() && check_root_key()? {
         ROOT_KEY_CHECKED.set(true);
     }
     Ok(())
@@ -124,7 +123,9 @@ fn require_vault() -> Result<(), CoreError> {
 /// Open pg_byok's check secret, writing it first if this database has none
 /// yet (the first vault key). It goes where the keys' ciphertexts go
 /// (vault.secrets, which pg_dump includes), so a restored dump brings it.
-fn check_root_key() -> Result<(), CoreError> {
+/// Returns whether the check secret was already there: one written in this
+/// transaction vouches for nothing until it commits, so it is not cached.
+fn check_root_key() -> Result<bool, CoreError> {
     let name = storage::ROOT_CHECK_NAME;
     let find = || {
         at_most_one(Spi::get_one_with_args::<Uuid>(
@@ -132,20 +133,54 @@ fn check_root_key() -> Result<(), CoreError> {
             &[name.into()],
         ))
     };
-    let id = match find() {
-        Some(id) => id,
+    let (id, existed) = match find() {
+        Some(id) => (id, true),
         None => {
+            vouch_for_existing_keys()?;
             let fresh = new_uuid();
             write_row(&fresh, name, storage::ROOT_CHECK_TEXT.as_bytes(), true)
                 .map_err(root_key_error)?;
-            find().unwrap_or(fresh)
+            (find().unwrap_or(fresh), false)
         }
     };
     let opened = vault_call(|| read_row(&id, name)).map_err(root_key_error)?;
     match opened {
-        Some((_, Some(plain))) if plain == storage::ROOT_CHECK_TEXT.as_bytes() => Ok(()),
+        Some((_, Some(plain))) if plain == storage::ROOT_CHECK_TEXT.as_bytes() => Ok(existed),
         _ => Err(CoreError::VaultWrongRootKey),
     }
+}
+
+/// Before a new check secret is written where vault keys already exist
+/// (the check secret was deleted), one of those keys' secrets must open
+/// under this root key: otherwise a new check secret would vouch for the
+/// wrong root key, and every key would look tampered (and be retired)
+/// instead of waiting for the right one.
+fn vouch_for_existing_keys() -> Result<(), CoreError> {
+    let some_key = Spi::connect(|c| {
+        let table = c.select(
+            "SELECT k.id, k.workspace_id, k.vault_secret_id FROM byok.keys k
+              WHERE k.vault_secret_id IS NOT NULL ORDER BY k.id LIMIT 1",
+            Some(1),
+            &[],
+        )?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        let row = table.first();
+        Ok(Some((
+            row.get::<Uuid>(1)?,
+            row.get::<Uuid>(2)?,
+            row.get::<Uuid>(3)?,
+        )))
+    })
+    .unwrap_or_else(|e: pgrx::spi::Error| spi_failed(e));
+    let Some((Some(key_id), Some(workspace_id), Some(secret_id))) = some_key else {
+        return Ok(());
+    };
+    let name = storage::secret_name(workspace_id.as_bytes(), key_id.as_bytes());
+    vault_call(|| read_row(&secret_id, &name))
+        .map(|_| ())
+        .map_err(root_key_error)
 }
 
 fn root_key_error(failure: VaultFailure) -> CoreError {

@@ -324,6 +324,18 @@ fn vault_tampered_secret_is_told_apart_from_a_wrong_root_key() {
     assert!(text.contains("root key is not the one"), "{text}");
     assert!(text.contains("vault.getkey_script"), "hint: {text}");
     assert_no_key_material(&text, &[&key, &other], "wrong root key error");
+    // Even with pg_byok's check secret deleted, a new one is not written
+    // under the wrong root key: the keys still wait instead of looking
+    // tampered.
+    c.client()
+        .batch_execute("DELETE FROM vault.secrets WHERE name = 'byok/root-key-check'")
+        .unwrap();
+    let e = expect_state(
+        use_key(&mut c.client_as("backend"), ws, "openai"),
+        "55000",
+        "use_key under another root key, check secret deleted",
+    );
+    assert!(error_text(&e).contains("root key is not the one"));
     c.client()
         .batch_execute("SELECT byok.revalidate_key(id) FROM byok.keys")
         .unwrap();
