@@ -3,7 +3,8 @@
 -- Every function is SECURITY DEFINER with a pinned search_path, checks its
 -- arguments (22004 for NULL, 22023 for bad values) and byok.authorize before
 -- touching a row (42501). The plaintext key is handled only by the Rust
--- functions byok._seal and byok._open; it never reaches a table.
+-- functions byok._store and byok._open_stored (src/vault.rs: pg_byok's
+-- envelope or Supabase Vault); it never reaches a table.
 
 CREATE FUNCTION byok.add_key(workspace_id uuid, vendor text, api_key text, label text DEFAULT NULL)
 RETURNS byok.key_info
@@ -33,11 +34,12 @@ BEGIN
             HINT = 'Reactivate the workspace first, then add the key again.';
     END IF;
     clean_label := byok._clean_text(add_key.label, 'label', 200);
-    -- Normalise, check the shape and encrypt, all in Rust, before any row exists.
-    SELECT * INTO sealed FROM byok._seal(add_key.workspace_id, add_key.vendor, add_key.api_key);
-    INSERT INTO byok.keys (id, workspace_id, vendor, label, masked, status, ciphertext)
+    -- Normalise, check the shape and encrypt, all in Rust, before any row
+    -- exists: into pg_byok's envelope or a Supabase Vault secret (byok.storage).
+    SELECT * INTO sealed FROM byok._store(add_key.workspace_id, add_key.vendor, add_key.api_key);
+    INSERT INTO byok.keys (id, workspace_id, vendor, label, masked, status, ciphertext, storage, vault_secret_id)
     VALUES (sealed.id, add_key.workspace_id, sealed.vendor, clean_label, sealed.masked, 'pending',
-            sealed.ciphertext)
+            sealed.ciphertext, sealed.storage, sealed.vault_secret_id)
     RETURNING * INTO k;
     INSERT INTO byok.jobs (key_id) VALUES (k.id);
     -- Identical notifications within a transaction are delivered once.

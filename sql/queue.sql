@@ -86,7 +86,7 @@ BEGIN
             k byok.keys;
         BEGIN
             SELECT * INTO k FROM byok.keys WHERE id = r.key_id;
-            IF NOT FOUND OR k.ciphertext IS NULL THEN
+            IF NOT FOUND OR k.status IN ('invalid', 'revoked') THEN
                 -- The key died (revoked, rotated, invalid) after its job was
                 -- queued: nothing is left to validate. Retire the job rather
                 -- than fail the batch for every worker.
@@ -97,7 +97,7 @@ BEGIN
             END IF;
             job_id := r.id; key_id := k.id; workspace_id := k.workspace_id; vendor := k.vendor;
             attempt := r.attempts; lease_token := r.lease_token;
-            api_key := byok._open(k.id, k.workspace_id, k.vendor, k.ciphertext);
+            api_key := byok._open_stored(k.id, k.workspace_id, k.vendor, k.ciphertext, k.vault_secret_id);
             RETURN NEXT;
         EXCEPTION WHEN data_corrupted THEN
             -- A ciphertext that fails authentication can never be validated:

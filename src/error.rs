@@ -58,7 +58,7 @@ impl ExtError {
                 ErrorKind::InvalidArgument => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 ErrorKind::NullValue => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
                 ErrorKind::Tampered => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-                ErrorKind::MasterKeyUnavailable => {
+                ErrorKind::MasterKeyUnavailable | ErrorKind::VaultUnavailable => {
                     PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
                 }
             },

@@ -25,6 +25,7 @@ mod text;
 mod usage;
 mod usage_worker;
 mod use_key;
+mod vault;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests_support;

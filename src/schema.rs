@@ -57,6 +57,13 @@ pgrx::extension_sql_file!(
         usage::usage_status
     ]
 );
+// Supabase Vault storage: alters byok.keys, so after every file that
+// creates on it; its functions call the Rust ones of src/vault.rs.
+pgrx::extension_sql_file!(
+    "../sql/vault.sql",
+    name = "vault",
+    requires = ["internals", "rewrap", vault::vault_delete, vault::to_vault]
+);
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

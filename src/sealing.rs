@@ -55,14 +55,8 @@ fn seal(
     let workspace_id = required(workspace_id, "workspace_id");
     let vendor = Vendor::parse(required(vendor, "vendor").utf8("vendor")).or_raise();
     let key = keys::normalize(vendor, required(api_key, "api_key").utf8("api_key")).or_raise();
-    let id = Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
-    let blob = envelope::seal_unretired(
-        &keyring().or_raise(),
-        min_decrypt_version(),
-        &aad(&id, &workspace_id, vendor),
-        key.as_bytes(),
-    )
-    .or_raise();
+    let id = new_uuid();
+    let blob = seal_key(&id, &workspace_id, vendor, key.as_bytes());
     let row = (id, vendor.as_str().to_string(), mask::mask(&key), blob);
     TableIterator::once(row)
 }
@@ -83,16 +77,28 @@ fn open(
     let workspace_id = required(workspace_id, "workspace_id");
     let vendor = Vendor::parse(required(vendor, "vendor").utf8("vendor")).or_raise();
     let blob = required(ciphertext, "ciphertext");
-    open_sealed(&key_id, &workspace_id, vendor, blob)
+    open_key(&key_id, &workspace_id, vendor, blob)
 }
 
-/// The plaintext of a sealed key (`_open` and `use_key`); raises as `_open`.
-pub(crate) fn open_sealed(
-    key_id: &Uuid,
-    workspace_id: &Uuid,
-    vendor: Vendor,
-    blob: &[u8],
-) -> String {
+/// A fresh random uuid (a key id, a Vault secret id).
+pub(crate) fn new_uuid() -> Uuid {
+    Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes())
+}
+
+/// `key` sealed under the primary master key for row `id`; 55000 without a
+/// usable keyring.
+pub(crate) fn seal_key(id: &Uuid, workspace_id: &Uuid, vendor: Vendor, key: &[u8]) -> Vec<u8> {
+    envelope::seal_unretired(
+        &keyring().or_raise(),
+        min_decrypt_version(),
+        &aad(id, workspace_id, vendor),
+        key,
+    )
+    .or_raise()
+}
+
+/// The plaintext of a natively stored key (see `_open`).
+pub(crate) fn open_key(key_id: &Uuid, workspace_id: &Uuid, vendor: Vendor, blob: &[u8]) -> String {
     // The blob's own version: a newer one than this backend holds makes it
     // re-read the keyring file (see master_key::keyring_holding).
     let ring = match envelope::header_version(blob) {
@@ -119,7 +125,9 @@ pub(crate) fn open_sealed(
 
 /// Which keyring versions this backend holds and where they came from. No key
 /// material, not even a fingerprint: it tells an operator whether a restart
-/// picked up the keyring they meant.
+/// picked up the keyring they meant. No rows (rather than 55000) when no
+/// keyring is loaded and none is needed: every live key and every new one
+/// is in Supabase Vault (byok.storage_status counts the keys per storage).
 #[pg_extern(volatile)]
 #[search_path(pg_catalog, pg_temp)]
 fn master_key_status() -> TableIterator<
@@ -130,7 +138,17 @@ fn master_key_status() -> TableIterator<
         name!(source, String),
     ),
 > {
-    let ring = keyring().or_raise();
+    // Without a keyring, nothing is wrong as long as no key needs one: new
+    // keys go to Supabase Vault and no live key is stored natively.
+    let ring = match keyring() {
+        Ok(ring) => ring,
+        Err(ExtError::NoMasterKey | ExtError::Core(CoreError::NoMasterKey))
+            if !crate::vault::keyring_needed() =>
+        {
+            return TableIterator::new(Vec::new())
+        }
+        Err(e) => e.raise(),
+    };
     let primary = ring.primary_version();
     let source = crate::master_key::source().unwrap_or("unknown").to_string();
     let rows: Vec<_> = ring

@@ -71,8 +71,33 @@ pub static USAGE_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(crate::usage::D
 /// Days an audit row is kept; the background worker deletes older ones
 /// (0: kept forever). Server-wide, so SIGHUP.
 pub static AUDIT_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(365);
+/// Where new keys are stored: pg_byok's envelope under the keyring, or
+/// Supabase Vault under its root key (byok-core `storage`). Superuser-only:
+/// an app session must not move its keys out of the storage the operator
+/// chose; existing keys stay where they are until byok.migrate_storage.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum StorageChoice {
+    #[name = c"native"]
+    Native,
+    #[name = c"vault"]
+    Vault,
+    #[name = c"auto"]
+    Auto,
+}
+
+pub static STORAGE: GucSetting<StorageChoice> =
+    GucSetting::<StorageChoice>::new(StorageChoice::Native);
 
 pub fn register() {
+    GucRegistry::define_enum_guc(
+        c"byok.storage",
+        c"Where new keys are stored: native, vault (Supabase Vault) or auto.",
+        c"auto: Supabase Vault where supabase_vault is installed in the database and preloaded, \
+           native elsewhere. Existing keys move only with CALL byok.migrate_storage.",
+        &STORAGE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"byok.master_key_file",
         c"Path of the pg_byok keyring file.",
@@ -212,4 +237,14 @@ pub fn inactive_statuses() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The `byok.storage` setting as byok-core's rule input.
+pub fn storage_setting() -> byok_core::storage::StorageSetting {
+    use byok_core::storage::StorageSetting;
+    match STORAGE.get() {
+        StorageChoice::Native => StorageSetting::Native,
+        StorageChoice::Vault => StorageSetting::Vault,
+        StorageChoice::Auto => StorageSetting::Auto,
+    }
 }

@@ -23,7 +23,7 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::Uuid;
 use std::cell::OnceCell;
 
-const ACTIVE_KEY: &str = "SELECT id, ciphertext FROM byok.keys \
+const ACTIVE_KEY: &str = "SELECT id, ciphertext, vault_secret_id FROM byok.keys \
      WHERE workspace_id = $1 AND vendor = $2 AND status = 'active'";
 const PENDING_KEY: &str = "SELECT EXISTS (SELECT 1 FROM byok.keys \
      WHERE workspace_id = $1 AND vendor = $2 AND status = 'pending')";
@@ -71,19 +71,27 @@ fn with_plan<'c, R>(
 struct ActiveKey {
     id: Uuid,
     ciphertext: Option<Vec<u8>>,
+    vault_secret_id: Option<Uuid>,
 }
 
-/// The plaintext of an active key. A live key always holds its ciphertext
-/// (`keys_dead_keys_hold_no_ciphertext`); its absence is reported as
-/// tampering, as a ciphertext that fails to open is.
+/// The plaintext of an active key, from its envelope or its Vault secret
+/// (vault.rs). A live key always holds one of them
+/// (`keys_storage_holds_the_secret`); a row with neither is reported
+/// as tampering, as a ciphertext that fails to open is.
 fn decrypt(key: &ActiveKey, workspace_id: &Uuid, vendor: Vendor) -> String {
-    match key.ciphertext.as_deref() {
-        Some(blob) => crate::sealing::open_sealed(&key.id, workspace_id, vendor, blob),
-        None => ExtError::Core(byok_core::CoreError::Tampered {
+    crate::vault::open_live(
+        &key.id,
+        workspace_id,
+        vendor,
+        key.ciphertext.as_deref(),
+        key.vault_secret_id,
+    )
+    .unwrap_or_else(|| {
+        ExtError::Core(byok_core::CoreError::Tampered {
             reason: "an active key has no ciphertext",
         })
-        .raise(),
-    }
+        .raise()
+    })
 }
 
 /// The role the caller acts as, as `byok._caller()` names it: the role
@@ -151,10 +159,12 @@ fn use_key(workspace_id: Option<Uuid>, vendor: Option<TextArg<'_>>) -> String {
                 if table.is_empty() {
                     return None;
                 }
-                let (id, ciphertext) = table.first().get_two::<Uuid, Vec<u8>>().or_raise_spi();
+                let row = table.first();
+                let id = row.get::<Uuid>(1).or_raise_spi();
                 Some(ActiveKey {
                     id: id.expect("byok.keys.id is NOT NULL"),
-                    ciphertext,
+                    ciphertext: row.get::<Vec<u8>>(2).or_raise_spi(),
+                    vault_secret_id: row.get::<Uuid>(3).or_raise_spi(),
                 })
             },
         );

@@ -39,6 +39,8 @@ pub enum CoreError {
         "the stored key failed authentication: its ciphertext was altered or moved to another row"
     )]
     Tampered { reason: &'static str },
+    #[error("the stored key failed authentication: its Supabase Vault secret {reason}")]
+    VaultTampered { reason: &'static str },
     #[error("master key version {version} is not loaded, and this key was encrypted with it")]
     MasterKeyMissing { version: u32 },
     #[error("the master key loaded as version {version} is not the one that encrypted this key")]
@@ -51,6 +53,20 @@ pub enum CoreError {
     Keyring { line: usize, reason: &'static str },
     #[error("BYOK_MASTER_KEY is unusable: {reason}")]
     BadEnvKey { reason: &'static str },
+    #[error("Supabase Vault (extension supabase_vault) is not installed in this database")]
+    VaultNotInstalled,
+    #[error("supabase_vault is not in shared_preload_libraries, so Supabase Vault has no root key in this server")]
+    VaultNotPreloaded,
+    /// `version` is the catalog's extversion, at most 80 characters.
+    #[error("supabase_vault {version} is too old: pg_byok needs Vault 0.3.0 or later (vault._crypto_aead_det_encrypt, _decrypt and _noncegen)")]
+    VaultTooOld { version: String },
+    /// `object` names a catalog object (e.g. "table vault.secrets").
+    #[error("Supabase Vault's {object} is not the one supabase_vault installed (a superuser-owned member of the extension, without triggers or policies); pg_byok will not use it")]
+    VaultUnsafe { object: String },
+    #[error("Supabase Vault has no root key loaded in this server")]
+    VaultRootKeyMissing,
+    #[error("Supabase Vault's root key is not the one this database's Vault secrets were encrypted with")]
+    VaultWrongRootKey,
     /// For callers (the extension) that receive SQL NULL where a value is
     /// required; lives here so one enum covers every SQLSTATE we raise.
     #[error("{name} must not be NULL")]
@@ -68,6 +84,9 @@ pub enum ErrorKind {
     Tampered,
     /// SQLSTATE 55000 (object_not_in_prerequisite_state).
     MasterKeyUnavailable,
+    /// SQLSTATE 55000 too: Supabase Vault cannot serve (missing, too old,
+    /// not preloaded, unsafe, another root key); the keys are kept.
+    VaultUnavailable,
 }
 
 impl CoreError {
@@ -84,13 +103,19 @@ impl CoreError {
             | OAuthToken
             | WrongVendor { .. } => ErrorKind::InvalidArgument,
             NullArgument { .. } => ErrorKind::NullValue,
-            Tampered { .. } => ErrorKind::Tampered,
+            Tampered { .. } | VaultTampered { .. } => ErrorKind::Tampered,
             MasterKeyMissing { .. }
             | MasterKeyMismatch { .. }
             | MasterKeyRetired { .. }
             | NoMasterKey
             | Keyring { .. }
             | BadEnvKey { .. } => ErrorKind::MasterKeyUnavailable,
+            VaultNotInstalled
+            | VaultNotPreloaded
+            | VaultTooOld { .. }
+            | VaultUnsafe { .. }
+            | VaultRootKeyMissing
+            | VaultWrongRootKey => ErrorKind::VaultUnavailable,
         }
     }
 
@@ -124,6 +149,9 @@ impl CoreError {
             Tampered { .. } => {
                 "Add the key again, and check who can write to byok.keys.".to_owned()
             }
+            VaultTampered { .. } => "Add the key again, and check who can write to vault.secrets \
+                 and byok.keys (a secret swapped between keys is refused, never served)."
+                .to_owned(),
             MasterKeyMissing { version } => format!(
                 "Add version {version} of the master key to the keyring file named by \
                  byok.master_key_file (keep old versions until every key is rewrapped), \
@@ -148,6 +176,25 @@ impl CoreError {
             BadEnvKey { .. } => "Set BYOK_MASTER_KEY to 64 hex characters, e.g. the output of: \
                  openssl rand -hex 32"
                 .to_owned(),
+            VaultNotInstalled => "Install Supabase Vault 0.3 or later (CREATE EXTENSION \
+                 supabase_vault, with supabase_vault in shared_preload_libraries), or store keys \
+                 natively: SET byok.storage = 'native'."
+                .to_owned(),
+            VaultNotPreloaded | VaultRootKeyMissing => "Add supabase_vault to \
+                 shared_preload_libraries, give it its root key (vault.getkey_script names a \
+                 program that prints 64 hex characters), and restart Postgres."
+                .to_owned(),
+            VaultTooOld { .. } => "Update it: ALTER EXTENSION supabase_vault UPDATE (0.3.0 or \
+                 later), or store keys natively: SET byok.storage = 'native'."
+                .to_owned(),
+            VaultUnsafe { .. } => "Have a superuser reinstall supabase_vault (DROP EXTENSION \
+                 supabase_vault; CREATE EXTENSION supabase_vault), or store keys natively; check \
+                 who changed the vault schema."
+                .to_owned(),
+            VaultWrongRootKey => "This is Vault's 'invalid ciphertext' after a dump is restored \
+                 on a server with another Vault root key: start the server with the original root \
+                 key (the program named by vault.getkey_script). The keys are kept."
+                .to_owned(),
             NullArgument { name } => format!("Pass a value for {name}."),
         };
         Some(text)
@@ -157,6 +204,11 @@ impl CoreError {
     pub fn detail(&self) -> Option<String> {
         match self {
             CoreError::Tampered { reason } => Some(format!("check failed: {reason}")),
+            CoreError::VaultWrongRootKey => Some(
+                "pg_byok's root key check secret (byok/root-key-check in vault.secrets) does \
+                 not decrypt either, so every Vault secret of this database is affected, not one"
+                    .to_owned(),
+            ),
             CoreError::MasterKeyMismatch { .. } => Some(
                 "the fingerprint recorded in the ciphertext matches no key in the keyring"
                     .to_owned(),

@@ -7,7 +7,8 @@
 //! cycles; `tests/module_layers.rs` checks):
 //! 1. `vendor` (the `Vendor` enum), `backoff`: nothing;
 //! 2. `error`: only `Vendor`, so every module can return `CoreError`;
-//! 3. `keys` (key shapes), `keyring` (master keys);
+//! 3. `keys` (key shapes), `keyring` (master keys), `storage` (native or
+//!    Supabase Vault);
 //! 4. `mask`, then `redact` (the log redaction rule);
 //! 5. `vendor_name` (parsing vendor names), `envelope`.
 //!
@@ -24,6 +25,7 @@ pub mod mask;
 pub mod redact;
 #[cfg(feature = "samples")]
 pub mod samples;
+pub mod storage;
 pub mod vendor;
 mod vendor_name;
 

@@ -82,6 +82,23 @@ fn all_errors() -> Vec<(CoreError, ErrorKind)> {
             },
             MasterKeyUnavailable,
         ),
+        (VaultTampered { reason: "is gone" }, ErrorKind::Tampered),
+        (VaultNotInstalled, ErrorKind::VaultUnavailable),
+        (VaultNotPreloaded, ErrorKind::VaultUnavailable),
+        (
+            VaultTooOld {
+                version: "0.2.8".into(),
+            },
+            ErrorKind::VaultUnavailable,
+        ),
+        (
+            VaultUnsafe {
+                object: "table vault.secrets".into(),
+            },
+            ErrorKind::VaultUnavailable,
+        ),
+        (VaultRootKeyMissing, ErrorKind::VaultUnavailable),
+        (VaultWrongRootKey, ErrorKind::VaultUnavailable),
     ]
 }
 

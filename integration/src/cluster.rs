@@ -60,6 +60,29 @@ pub struct ClusterOptions {
     /// The bootstrap superuser's name (initdb -U), used by `client()` and
     /// `psql()`. Default `postgres`; `supabase_admin` for a Supabase layout.
     pub superuser: String,
+    /// Supabase Vault's root key (64 hex). `Some`: supabase_vault is
+    /// preloaded after pg_byok, `vault.getkey_script` names a script in the
+    /// cluster's directory that prints this key, and `CREATE EXTENSION
+    /// supabase_vault` runs before pg_byok's. Needs Vault installed on the
+    /// machine ([`vault_installed`]). Default `None`.
+    pub vault_root_key: Option<String>,
+}
+
+/// Whether Supabase Vault (supabase_vault) is installed in the Postgres the
+/// harness runs: its control file is in `pg_config --sharedir`/extension.
+/// It is on no package registry; build supabase/vault 0.3.x from its source
+/// with PGXS to run the tests that need it.
+pub fn vault_installed() -> bool {
+    let out = Command::new(pg_bin("pg_config")).arg("--sharedir").output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let share = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            Path::new(&share)
+                .join("extension/supabase_vault.control")
+                .exists()
+        }
+        _ => false,
+    }
 }
 
 impl Default for ClusterOptions {
@@ -72,6 +95,7 @@ impl Default for ClusterOptions {
             create_extension: true,
             pg_bin_dir: None,
             superuser: "postgres".to_string(),
+            vault_root_key: None,
         }
     }
 }
@@ -89,6 +113,7 @@ pub struct Cluster {
     running: bool,
     bin_dir: PathBuf,
     superuser: String,
+    vault_getkey: PathBuf,
 }
 
 fn is_root() -> bool {
@@ -254,6 +279,7 @@ impl Cluster {
             running: false,
             bin_dir: opts.pg_bin_dir.clone().unwrap_or_else(|| pg_bin("")),
             superuser: opts.superuser.clone(),
+            vault_getkey: dir.join("vault-getkey"),
             dir,
         };
         // From here on a panic drops `c`, which stops the server and removes the dir.
@@ -277,8 +303,22 @@ impl Cluster {
             "max_connections = 60".to_string(),
             "log_line_prefix = '%m [%p] %q%u@%d '".to_string(),
         ];
+        if let Some(root) = &opts.vault_root_key {
+            c.write_vault_getkey(root);
+            conf.push(format!(
+                "vault.getkey_script = {}",
+                quote_conf(&c.vault_getkey.to_string_lossy())
+            ));
+        }
+        match (opts.preload, opts.vault_root_key.is_some()) {
+            (true, true) => {
+                conf.push("shared_preload_libraries = 'pg_byok,supabase_vault'".to_string())
+            }
+            (true, false) => conf.push("shared_preload_libraries = 'pg_byok'".to_string()),
+            (false, true) => conf.push("shared_preload_libraries = 'supabase_vault'".to_string()),
+            (false, false) => {}
+        }
         if opts.preload {
-            conf.push("shared_preload_libraries = 'pg_byok'".to_string());
             // The usage worker flushes use_key's counters in the database
             // the tests use.
             conf.push("byok.usage_database = 'byok'".to_string());
@@ -292,8 +332,25 @@ impl Cluster {
         conf.extend(opts.extra_conf.iter().cloned());
         c.append_conf(&conf);
         c.start_postmaster();
-        c.bootstrap(opts.create_extension);
+        c.bootstrap(opts.create_extension, opts.vault_root_key.is_some());
         c
+    }
+
+    /// Write the script Vault runs at server start to read its root key
+    /// (0700, owned by postgres); takes effect at the next start.
+    fn write_vault_getkey(&self, root_key_hex: &str) {
+        let p = &self.vault_getkey;
+        fs::write(p, format!("#!/bin/sh\necho {root_key_hex}\n"))
+            .unwrap_or_else(|e| panic!("write {p:?}: {e}"));
+        fs::set_permissions(p, fs::Permissions::from_mode(0o700)).unwrap();
+        chown_to_postgres(p);
+    }
+
+    /// Give Supabase Vault another root key from the next start on (a dump
+    /// restored on another server, in one cluster). Only for clusters
+    /// started with `vault_root_key`.
+    pub fn set_vault_root_key(&mut self, root_key_hex: &str) {
+        self.write_vault_getkey(root_key_hex);
     }
 
     fn initdb(&self) {
@@ -394,12 +451,17 @@ impl Cluster {
         unreachable!("the last attempt returns")
     }
 
-    fn bootstrap(&self, create_extension: bool) {
+    fn bootstrap(&self, create_extension: bool, vault: bool) {
         let mut admin = self.connect(&self.superuser, "postgres");
         admin
             .batch_execute("CREATE DATABASE byok")
             .unwrap_or_else(|e| self.fail("CREATE DATABASE byok", &e));
         drop(admin);
+        if vault {
+            self.client()
+                .batch_execute("CREATE EXTENSION supabase_vault")
+                .unwrap_or_else(|e| self.fail("CREATE EXTENSION supabase_vault", &e));
+        }
         if create_extension {
             let mut db = self.client();
             db.batch_execute("CREATE EXTENSION pg_byok")

@@ -30,7 +30,7 @@ mod supabase;
 /// The workspace's one set of sample-key builders (byok-core, feature `samples`).
 pub use byok_core::samples::{random_master_key_hex, sample_key, sample_key_marked};
 pub use catalog::Catalog;
-pub use cluster::{pg_bin, Cluster, ClusterOptions, PG_BIN};
+pub use cluster::{pg_bin, vault_installed, Cluster, ClusterOptions, PG_BIN};
 pub use pgroot::PgRoot;
 pub use scan::{grep_dir, search, Hit};
 pub use sql::{sqlstate, wait_until};

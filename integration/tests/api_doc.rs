@@ -209,13 +209,13 @@ fn the_checks_catch_every_kind_of_drift() {
 
     let mut cat = same.clone();
     cat.settings.push(Setting {
-        name: "byok.storage".into(),
+        name: "byok.cache_mode".into(),
         vartype: "enum".into(),
         range: "—".into(),
-        default: "native".into(),
+        default: "off".into(),
         context: "superuser".into(),
     });
-    expect(cat, "| `byok.storage` | enum | — | `native` | superuser |");
+    expect(cat, "| `byok.cache_mode` | enum | — | `off` | superuser |");
 
     let mut cat = same.clone();
     cat.settings

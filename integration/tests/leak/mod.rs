@@ -16,7 +16,9 @@ pub mod flows;
 mod scenario;
 pub mod statements;
 
-pub use scenario::{assert_no_problems, scenario, Control, Scenario};
+// leak_suite.rs runs `scenario`, vault_leak_suite.rs `vault_scenario`.
+#[allow(unused_imports)]
+pub use scenario::{assert_no_problems, scenario, vault_scenario, Control, Scenario};
 
 use byok_integration::postgres::{Client, SimpleQueryMessage};
 use byok_integration::sidecar::{sidecar_bin, sidecar_cycle};

@@ -136,6 +136,22 @@ pub fn assert_no_problems(s: &Scenario, problems: Vec<String>) {
 
 static SCENARIO: Mutex<Option<Result<Arc<Scenario>, String>>> = Mutex::new(None);
 
+/// Whether this binary's scenario stores its keys in Supabase Vault
+/// (`byok.storage = 'vault'`); set by [`vault_scenario`] before the run.
+static VAULT_STORAGE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The scenario with every key stored in Supabase Vault (the binary
+/// vault_leak_suite.rs), or None where supabase_vault is not installed.
+/// Unused by leak_suite.rs, which includes this module too.
+#[allow(dead_code)]
+pub fn vault_scenario() -> Option<Arc<Scenario>> {
+    if !byok_integration::vault_installed() {
+        return None;
+    }
+    VAULT_STORAGE.store(true, std::sync::atomic::Ordering::SeqCst);
+    Some(scenario())
+}
+
 /// The scenario of this test binary: run by the first test that asks (the
 /// others wait), then shared. If it failed, every caller fails with its
 /// message. It is dropped (the cluster directory removed) at process exit.
@@ -171,8 +187,19 @@ extern "C" fn drop_scenario() {
 /// Exercise the system with keys, then collect every place they could land.
 fn run() -> Scenario {
     let started = Instant::now();
+    let vault = VAULT_STORAGE.load(std::sync::atomic::Ordering::SeqCst);
+    let mut extra_conf: Vec<String> = LOG_EVERYTHING.iter().map(|s| s.to_string()).collect();
+    if vault {
+        // After LOG_EVERYTHING's list, which would otherwise leave Vault out.
+        extra_conf.push(
+            "shared_preload_libraries = 'pg_byok,auto_explain,pg_stat_statements,supabase_vault'"
+                .to_string(),
+        );
+        extra_conf.push("byok.storage = 'vault'".to_string());
+    }
     let c = Cluster::start(ClusterOptions {
-        extra_conf: LOG_EVERYTHING.iter().map(|s| s.to_string()).collect(),
+        extra_conf,
+        vault_root_key: vault.then(byok_integration::random_master_key_hex),
         ..Default::default()
     });
     let artifacts_dir = tempfile::Builder::new()

@@ -1,0 +1,538 @@
+//! Supabase Vault as key storage (byok.storage = 'vault').
+//!
+//! A vault-stored key is a row of `vault.secrets` named
+//! `byok/<workspace_id>/<key_id>`, encrypted with Vault's own functions the
+//! way `vault.create_secret` would, except that the ciphertext row is
+//! written directly: create_secret inserts the plaintext and then updates it,
+//! which puts the plaintext in the WAL and in a dead tuple. The plaintext
+//! travels only as an SPI parameter (never in a statement's text), from and
+//! to these functions; SQL around them sees ids and ciphertexts.
+//!
+//! Before Vault is touched, `byok._vault_problem()` (sql/vault.sql) checks
+//! that what answers to Vault's names is the real extension, owned by a
+//! superuser: pg_byok runs with its owner's power and must never run code an
+//! app role owns. Vault raises every failure as 22000; they are caught here
+//! and raised again as pg_byok's errors (XX001 for a tampered or swapped
+//! secret, 55000 when Vault cannot serve), with a hint. Once per backend the
+//! root key is checked against pg_byok's check secret, which tells a wrong
+//! root key (restored dump, other server) from a tampered secret.
+
+use crate::error::{ExtError, OrRaise};
+use crate::sealing::{new_uuid, open_key, required, seal_key};
+use crate::settings::storage_setting;
+use crate::text::TextArg;
+use byok_core::storage::{self, Storage, VaultFailure, VaultPresence};
+use byok_core::{keys, mask, CoreError, Vendor};
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::pg_sys::PgTryBuilder;
+use pgrx::prelude::*;
+use pgrx::Uuid;
+use std::cell::Cell;
+use std::ffi::CStr;
+
+thread_local! {
+    /// The root key opened pg_byok's check secret in this backend. The root
+    /// key is read once at server start, so one check per backend suffices.
+    static ROOT_KEY_CHECKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// What vault.secrets' description says of pg_byok's rows.
+const DESCRIPTION: &str = "pg_byok vendor key: written and removed by pg_byok only";
+
+/// A secret row, encrypted with Vault's own functions exactly as its
+/// decrypted_secrets view decrypts it: additional data = the row id as text,
+/// key id 0, context 'pgsodium'. $4 is the plaintext, $5 the nonce.
+const INSERT_SECRET: &str = "INSERT INTO vault.secrets (id, name, description, secret, nonce)
+    VALUES ($1, $2, $3,
+            pg_catalog.encode(vault._crypto_aead_det_encrypt($4,
+                pg_catalog.convert_to($1::pg_catalog.text, 'utf8'), 0, 'pgsodium'::pg_catalog.bytea, $5),
+                'base64'),
+            $5)";
+
+/// The secret's name, and its plaintext only when the name is the expected
+/// one ($2): a swapped mapping never decrypts another tenant's key.
+const READ_SECRET: &str = "SELECT s.name,
+       CASE WHEN s.name = $2 THEN vault._crypto_aead_det_decrypt(
+           pg_catalog.decode(s.secret, 'base64'), pg_catalog.convert_to(s.id::pg_catalog.text, 'utf8'),
+           0, 'pgsodium'::pg_catalog.bytea, s.nonce) END
+  FROM vault.secrets s WHERE s.id = $1";
+
+fn spi_failed(e: pgrx::spi::Error) -> ! {
+    panic!("pg_byok: SPI call on Supabase Vault failed: {e}")
+}
+
+/// The one value of a query that returns at most one row; None for no row.
+fn at_most_one<T>(result: Result<Option<T>, pgrx::spi::Error>) -> Option<T> {
+    match result {
+        Ok(value) => value,
+        Err(pgrx::spi::Error::InvalidPosition) => None,
+        Err(e) => spi_failed(e),
+    }
+}
+
+/// Run `f`, which calls Vault; Vault's errors (22000, and 22023 from a
+/// secret that is not base64) come back classified instead of raised. The
+/// caller raises its own error right away, so the aborted statement's state
+/// is cleaned up by the transaction's abort.
+fn vault_call<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, VaultFailure> {
+    PgTryBuilder::new(|| Ok(f()))
+        .catch_others(|e| match e {
+            CaughtError::PostgresError(ref report)
+                if storage::VAULT_FAILURE_SQLSTATES
+                    .contains(&storage::sqlstate_text(report.sql_error_code() as i32).as_str()) =>
+            {
+                Err(storage::classify_vault_error(report.message()))
+            }
+            other => other.rethrow(),
+        })
+        .execute()
+}
+
+fn preloaded() -> bool {
+    // SAFETY: a read of a postmaster-level setting's string, set before any
+    // backend starts and never freed; NULL is checked.
+    let raw = unsafe { pg_sys::shared_preload_libraries_string };
+    if raw.is_null() {
+        return false;
+    }
+    // SAFETY: non-NULL, NUL-terminated (a GUC string).
+    let list = unsafe { CStr::from_ptr(raw) }.to_string_lossy();
+    storage::preloads(&list, storage::VAULT_LIBRARY)
+}
+
+/// `byok._vault_problem()`: NULL when Vault may be used, else a code.
+fn problem() -> Option<String> {
+    Spi::get_one::<String>("SELECT byok._vault_problem()").unwrap_or_else(|e| spi_failed(e))
+}
+
+/// Vault is installed, new enough, genuine, preloaded, and its root key is
+/// the one this database's secrets were encrypted with.
+fn require_vault() -> Result<(), CoreError> {
+    if let Some(code) = problem() {
+        return Err(storage::problem_error(&code));
+    }
+    if !preloaded() {
+        return Err(CoreError::VaultNotPreloaded);
+    }
+    if !ROOT_KEY_CHECKED.get() && check_root_key()? {
+        ROOT_KEY_CHECKED.set(true);
+    }
+    Ok(())
+}
+
+/// Open pg_byok's check secret, writing it first if this database has none
+/// yet (the first vault key). It goes where the keys' ciphertexts go
+/// (vault.secrets, which pg_dump includes), so a restored dump brings it.
+/// Returns whether the check secret was already there: one written in this
+/// transaction vouches for nothing until it commits, so it is not cached.
+fn check_root_key() -> Result<bool, CoreError> {
+    let name = storage::ROOT_CHECK_NAME;
+    let find = || {
+        at_most_one(Spi::get_one_with_args::<Uuid>(
+            "SELECT s.id FROM vault.secrets s WHERE s.name = $1",
+            &[name.into()],
+        ))
+    };
+    let (id, existed) = match find() {
+        Some(id) => (id, true),
+        None => {
+            vouch_for_existing_keys()?;
+            let fresh = new_uuid();
+            write_row(&fresh, name, storage::ROOT_CHECK_TEXT.as_bytes(), true)
+                .map_err(root_key_error)?;
+            (find().unwrap_or(fresh), false)
+        }
+    };
+    let opened = vault_call(|| read_row(&id, name)).map_err(root_key_error)?;
+    match opened {
+        Some((_, Some(plain))) if plain == storage::ROOT_CHECK_TEXT.as_bytes() => Ok(existed),
+        _ => Err(CoreError::VaultWrongRootKey),
+    }
+}
+
+/// Before a new check secret is written where vault keys already exist
+/// (the check secret was deleted), one of those keys' secrets must open
+/// under this root key: otherwise a new check secret would vouch for the
+/// wrong root key, and every key would look tampered (and be retired)
+/// instead of waiting for the right one.
+fn vouch_for_existing_keys() -> Result<(), CoreError> {
+    let some_key = Spi::connect(|c| {
+        let table = c.select(
+            "SELECT k.id, k.workspace_id, k.vault_secret_id FROM byok.keys k
+              WHERE k.vault_secret_id IS NOT NULL ORDER BY k.id LIMIT 1",
+            Some(1),
+            &[],
+        )?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        let row = table.first();
+        Ok(Some((
+            row.get::<Uuid>(1)?,
+            row.get::<Uuid>(2)?,
+            row.get::<Uuid>(3)?,
+        )))
+    })
+    .unwrap_or_else(|e: pgrx::spi::Error| spi_failed(e));
+    let Some((Some(key_id), Some(workspace_id), Some(secret_id))) = some_key else {
+        return Ok(());
+    };
+    let name = storage::secret_name(workspace_id.as_bytes(), key_id.as_bytes());
+    vault_call(|| read_row(&secret_id, &name))
+        .map(|_| ())
+        .map_err(root_key_error)
+}
+
+fn root_key_error(failure: VaultFailure) -> CoreError {
+    match failure {
+        VaultFailure::NoRootKey => CoreError::VaultRootKeyMissing,
+        VaultFailure::Undecryptable => CoreError::VaultWrongRootKey,
+    }
+}
+
+/// Insert secret row `id` holding `plain`; the nonce comes from Vault.
+/// `if_absent`: a concurrent writer of the same name wins (check secret).
+fn write_row(id: &Uuid, name: &str, plain: &[u8], if_absent: bool) -> Result<(), VaultFailure> {
+    let sql = if if_absent {
+        format!("{INSERT_SECRET} ON CONFLICT (name) WHERE name IS NOT NULL DO NOTHING")
+    } else {
+        INSERT_SECRET.to_string()
+    };
+    vault_call(|| {
+        // Vault's noncegen is IMMUTABLE: called on its own, never folded
+        // into a plan that could be reused.
+        let nonce = Spi::get_one::<Vec<u8>>("SELECT vault._crypto_aead_det_noncegen()")
+            .unwrap_or_else(|e| spi_failed(e));
+        Spi::run_with_args(
+            &sql,
+            &[
+                (*id).into(),
+                name.into(),
+                DESCRIPTION.into(),
+                plain.into(),
+                nonce.into(),
+            ],
+        )
+        .unwrap_or_else(|e| spi_failed(e))
+    })
+}
+
+/// Secret row `id`: its name, and its plaintext if the name is `name`.
+/// None when the row does not exist.
+fn read_row(id: &Uuid, name: &str) -> Option<(String, Option<Vec<u8>>)> {
+    Spi::connect(|c| {
+        let table = c.select(READ_SECRET, Some(1), &[(*id).into(), name.into()])?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        let (found, plain) = table.first().get_two::<String, Vec<u8>>()?;
+        Ok(Some((found.unwrap_or_default(), plain)))
+    })
+    .unwrap_or_else(|e: pgrx::spi::Error| spi_failed(e))
+}
+
+/// Store `key` (already normalised) for key row `key_id` in Vault; returns
+/// the secret's id.
+fn store_in_vault(key_id: &Uuid, workspace_id: &Uuid, key: &[u8]) -> Uuid {
+    require_vault().or_raise();
+    let secret_id = new_uuid();
+    let name = storage::secret_name(workspace_id.as_bytes(), key_id.as_bytes());
+    write_row(&secret_id, &name, key, false)
+        .map_err(root_key_error)
+        .or_raise();
+    secret_id
+}
+
+/// The plaintext of a vault-stored key. `moved_ok`: a missing secret may
+/// mean the key moved to native storage since the caller read its row
+/// (byok.migrate_storage); read the row again once.
+fn open_from_vault(
+    key_id: &Uuid,
+    workspace_id: &Uuid,
+    vendor: Vendor,
+    secret_id: &Uuid,
+    moved_ok: bool,
+) -> String {
+    require_vault().or_raise();
+    let name = storage::secret_name(workspace_id.as_bytes(), key_id.as_bytes());
+    let row = vault_call(|| read_row(secret_id, &name)).unwrap_or_else(|failure| match failure {
+        VaultFailure::NoRootKey => ExtError::Core(CoreError::VaultRootKeyMissing).raise(),
+        VaultFailure::Undecryptable => tampered("does not decrypt"),
+    });
+    let plain = match row {
+        None if moved_ok => return open_moved(key_id, workspace_id, vendor, secret_id),
+        None => tampered("is gone"),
+        Some((found, _)) if found != name => tampered("is named for another key"),
+        Some((_, plain)) => plain.unwrap_or_else(|| tampered("is empty")),
+    };
+    // What pg_byok stored was normalised for this vendor; anything else was
+    // put there by someone else.
+    match String::from_utf8(plain) {
+        Ok(text) if keys::normalize(vendor, &text).is_ok_and(|k| *k == text) => text,
+        _ => tampered("does not hold a key of this vendor"),
+    }
+}
+
+/// The key's row as it is now, for a key whose Vault secret was not found.
+fn open_moved(key_id: &Uuid, workspace_id: &Uuid, vendor: Vendor, old: &Uuid) -> String {
+    let row = Spi::connect(|c| {
+        let table = c.select(
+            "SELECT k.ciphertext, k.vault_secret_id FROM byok.keys k WHERE k.id = $1",
+            Some(1),
+            &[(*key_id).into()],
+        )?;
+        if table.is_empty() {
+            return Ok((None, None));
+        }
+        table.first().get_two::<Vec<u8>, Uuid>()
+    })
+    .unwrap_or_else(|e: pgrx::spi::Error| spi_failed(e));
+    match row {
+        (Some(blob), _) => open_key(key_id, workspace_id, vendor, &blob),
+        (None, Some(now)) if now != *old => {
+            open_from_vault(key_id, workspace_id, vendor, &now, false)
+        }
+        _ => tampered("is gone"),
+    }
+}
+
+/// XX001: the key's Vault secret is not what pg_byok stored for it.
+fn tampered(reason: &'static str) -> ! {
+    ExtError::Core(CoreError::VaultTampered { reason }).raise()
+}
+
+/// The storage new keys go to, from byok.storage (`auto`: Vault where it
+/// is installed here and preloaded).
+fn storage_for_new_keys() -> Storage {
+    let installed = || {
+        Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'supabase_vault')",
+        )
+        .unwrap_or_else(|e| spi_failed(e))
+        .unwrap_or(false)
+    };
+    let setting = storage_setting();
+    let presence = match setting {
+        byok_core::storage::StorageSetting::Auto => VaultPresence {
+            installed: installed(),
+            preloaded: preloaded(),
+        },
+        _ => VaultPresence {
+            installed: false,
+            preloaded: false,
+        },
+    };
+    storage::resolve(setting, presence)
+}
+
+/// Whether this database needs pg_byok's keyring: new keys are stored
+/// natively, or some live key is.
+pub(crate) fn keyring_needed() -> bool {
+    storage_for_new_keys() == Storage::Native
+        || Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM byok.keys k WHERE k.storage = 'native'
+                              AND k.status NOT IN ('invalid', 'revoked'))",
+        )
+        .unwrap_or_else(|e| spi_failed(e))
+        .unwrap_or(true)
+}
+
+/// Normalise, check and store a key for a new row whose id is chosen here,
+/// where byok.storage says: its envelope (native) or its Vault secret's id.
+// The row type is spelled out: pgrx reads the column names from it.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, name = "_store")]
+#[search_path(pg_catalog, pg_temp)]
+fn store(
+    workspace_id: Option<Uuid>,
+    vendor: Option<TextArg<'_>>,
+    api_key: Option<TextArg<'_>>,
+) -> TableIterator<
+    'static,
+    (
+        name!(id, Uuid),
+        name!(vendor, String),
+        name!(masked, String),
+        name!(storage, String),
+        name!(ciphertext, Option<Vec<u8>>),
+        name!(vault_secret_id, Option<Uuid>),
+    ),
+> {
+    let workspace_id = required(workspace_id, "workspace_id");
+    let vendor = Vendor::parse(required(vendor, "vendor").utf8("vendor")).or_raise();
+    let key = keys::normalize(vendor, required(api_key, "api_key").utf8("api_key")).or_raise();
+    let id = new_uuid();
+    let target = storage_for_new_keys();
+    let (ciphertext, secret_id) = match target {
+        Storage::Native => (
+            Some(seal_key(&id, &workspace_id, vendor, key.as_bytes())),
+            None,
+        ),
+        Storage::Vault => (
+            None,
+            Some(store_in_vault(&id, &workspace_id, key.as_bytes())),
+        ),
+    };
+    let row = (
+        id,
+        vendor.as_str().to_string(),
+        mask::mask(&key),
+        target.as_str().to_string(),
+        ciphertext,
+        secret_id,
+    );
+    TableIterator::once(row)
+}
+
+/// The plaintext of a live key, from wherever it is stored: its envelope
+/// (as `_open`) or its Vault secret, whose name must be the key's. XX001
+/// for a tampered, missing or swapped secret; 55000 when the keyring or
+/// Vault cannot serve.
+#[pg_extern(volatile, name = "_open_stored")]
+#[search_path(pg_catalog, pg_temp)]
+fn open_stored(
+    key_id: Option<Uuid>,
+    workspace_id: Option<Uuid>,
+    vendor: Option<TextArg<'_>>,
+    ciphertext: Option<&[u8]>,
+    vault_secret_id: Option<Uuid>,
+) -> String {
+    let key_id = required(key_id, "key_id");
+    let workspace_id = required(workspace_id, "workspace_id");
+    let vendor = Vendor::parse(required(vendor, "vendor").utf8("vendor")).or_raise();
+    match open_live(&key_id, &workspace_id, vendor, ciphertext, vault_secret_id) {
+        Some(plain) => plain,
+        None => required(None, "ciphertext"),
+    }
+}
+
+/// The plaintext of a live key from its envelope or its Vault secret (as
+/// `_open_stored`; `use_key` calls it directly); None when the row holds
+/// neither.
+pub(crate) fn open_live(
+    key_id: &Uuid,
+    workspace_id: &Uuid,
+    vendor: Vendor,
+    ciphertext: Option<&[u8]>,
+    vault_secret_id: Option<Uuid>,
+) -> Option<String> {
+    match (ciphertext, vault_secret_id) {
+        (Some(blob), _) => Some(open_key(key_id, workspace_id, vendor, blob)),
+        (None, Some(secret)) => Some(open_from_vault(key_id, workspace_id, vendor, &secret, true)),
+        (None, None) => None,
+    }
+}
+
+/// Move a natively stored key into Vault: its new secret's id. The
+/// plaintext stays in Rust.
+#[pg_extern(volatile, name = "_to_vault")]
+#[search_path(pg_catalog, pg_temp)]
+fn to_vault(
+    key_id: Option<Uuid>,
+    workspace_id: Option<Uuid>,
+    vendor: Option<&str>,
+    ciphertext: Option<&[u8]>,
+) -> Uuid {
+    let key_id = required(key_id, "key_id");
+    let workspace_id = required(workspace_id, "workspace_id");
+    let vendor = Vendor::parse(required(vendor, "vendor")).or_raise();
+    let plain = open_key(
+        &key_id,
+        &workspace_id,
+        vendor,
+        required(ciphertext, "ciphertext"),
+    );
+    store_in_vault(&key_id, &workspace_id, plain.as_bytes())
+}
+
+/// Move a vault-stored key to native storage: its envelope. The caller
+/// clears the mapping, which removes the secret (sql/vault.sql's trigger).
+#[pg_extern(volatile, name = "_to_native")]
+#[search_path(pg_catalog, pg_temp)]
+fn to_native(
+    key_id: Option<Uuid>,
+    workspace_id: Option<Uuid>,
+    vendor: Option<&str>,
+    vault_secret_id: Option<Uuid>,
+) -> Vec<u8> {
+    let key_id = required(key_id, "key_id");
+    let workspace_id = required(workspace_id, "workspace_id");
+    let vendor = Vendor::parse(required(vendor, "vendor")).or_raise();
+    let secret = required(vault_secret_id, "vault_secret_id");
+    let plain = open_from_vault(&key_id, &workspace_id, vendor, &secret, false);
+    seal_key(&key_id, &workspace_id, vendor, plain.as_bytes())
+}
+
+/// Delete a dead or moved key's Vault secret. Nothing to do where
+/// supabase_vault is gone (its table went with it); refused where Vault's
+/// table is not the genuine one.
+#[pg_extern(volatile, name = "_vault_delete")]
+#[search_path(pg_catalog, pg_temp)]
+fn vault_delete(secret_id: Option<Uuid>) {
+    let secret_id = required(secret_id, "secret_id");
+    match problem() {
+        Some(code) if code == "not_installed" => {}
+        Some(code) => ExtError::Core(storage::problem_error(&code)).raise(),
+        None => Spi::run_with_args(
+            "DELETE FROM vault.secrets WHERE id = $1",
+            &[secret_id.into()],
+        )
+        .unwrap_or_else(|e| spi_failed(e)),
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::tests_support::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn native_is_the_default_and_auto_falls_back_where_vault_is_absent() {
+        let id = add("anthropic", &anthropic_key('n'));
+        Spi::run("SET byok.storage = 'auto'").unwrap();
+        let auto = add("openai", &openai_key('a'));
+        let stored = Spi::get_one::<i64>(&format!(
+            "SELECT count(*) FROM byok.keys WHERE id IN ('{id}', '{auto}')
+                AND storage = 'native' AND ciphertext IS NOT NULL AND vault_secret_id IS NULL"
+        ))
+        .unwrap();
+        assert_eq!(stored, Some(2));
+        assert_eq!(
+            Spi::get_one::<String>("SELECT byok._vault_problem()")
+                .unwrap()
+                .as_deref(),
+            Some("not_installed")
+        );
+    }
+
+    #[pg_test]
+    fn vault_storage_without_vault_is_refused_before_any_row_exists() {
+        Spi::run("SET byok.storage = 'vault'").unwrap();
+        let key = anthropic_key('v');
+        let (state, msg, hint) = error_of(&format!(
+            "SELECT byok.add_key('{WS}', 'anthropic', '{key}')"
+        ));
+        assert_eq!(state, "55000");
+        assert!(msg.contains("not installed"), "{msg}");
+        assert!(hint.unwrap().contains("byok.storage = 'native'"));
+        assert!(!msg.contains(&key[20..40]));
+        assert_eq!(count("keys"), 0);
+        refused("SET byok.storage = 'elsewhere'", "22023");
+    }
+
+    #[pg_test]
+    fn a_key_cannot_be_in_both_places_or_a_dead_key_in_either() {
+        let id = add("anthropic", &anthropic_key('b'));
+        for change in [
+            "vault_secret_id = gen_random_uuid()",
+            "storage = 'vault'",
+            "status = 'revoked', revoked_at = now(), ciphertext = NULL, storage = 'vault', \
+             vault_secret_id = gen_random_uuid()",
+        ] {
+            let (state, _, _) =
+                error_of(&format!("UPDATE byok.keys SET {change} WHERE id = '{id}'"));
+            assert_eq!(state, "23514", "{change}");
+        }
+    }
+}
