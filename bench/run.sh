@@ -9,7 +9,7 @@
 #
 #   --quick      CI smoke test: 1k stored keys only, one 3 s run per variant,
 #                small WAL and pipeline samples; writes DIR (default
-#                bench/results/quick) and leaves BENCHMARKS.md alone
+#                /tmp/byok-bench-quick) and leaves BENCHMARKS.md alone
 #   (default)    full: 1k and 100k stored keys, 2 runs of 15 s per variant,
 #                interleaved; writes bench/results/ and BENCHMARKS.md's
 #                generated section (between its bench:run.sh markers)
@@ -72,7 +72,7 @@ while [ $# -gt 0 ]; do
 done
 if [ "$quick" = 1 ]; then
     secs=${BENCH_SECONDS:-3} runs=${BENCH_RUNS:-1} levels=(1000) wal_n=300 pipe_jobs=500
-    out=${out:-bench/results/quick}
+    out=${out:-${TMPDIR:-/tmp}/byok-bench-quick}
 else
     secs=${BENCH_SECONDS:-15} runs=${BENCH_RUNS:-2} levels=(1000 100000) wal_n=2000 pipe_jobs=5000
     out=${out:-bench/results}
@@ -367,7 +367,7 @@ profile_add_key() {
 perf_add_key() {
     local pid
     command -v perf >/dev/null || { log "perf not found: no profile"; return 0; }
-    pgb store-byok-postgrest on "-T 8" 1 >/dev/null &
+    pgb store-byok-postgrest off "-T 8" 1 >/dev/null &
     sleep 1
     pid=$(psql_ -c "SELECT pid FROM pg_stat_activity WHERE usename = 'authenticator' LIMIT 1")
     perf record -q -g -p "$pid" -o "$dir/perf.data" -- sleep 5 >/dev/null 2>&1 || true
@@ -375,7 +375,7 @@ perf_add_key() {
     perf report -q -i "$dir/perf.data" --no-children --percent-limit 0.7 --stdio -g none \
         --sort symbol 2>/dev/null | sed -n 's/^ *\([0-9.]*\)% *\[.\] *\(.*\)$/\1\t\2/p' |
         while IFS=$'\t' read -r pct sym; do rec perf self "$pct" "$sym"; done
-    perf report -q -i "$dir/perf.data" --children --percent-limit 3 --stdio -g none \
+    perf report -q -i "$dir/perf.data" --children --percent-limit 1.5 --stdio -g none \
         --sort symbol 2>/dev/null | sed -n 's/^ *\([0-9.]*\)% *[0-9.]*% *\[.\] *\(.*\)$/\1\t\2/p' |
         while IFS=$'\t' read -r pct sym; do rec perf children "$pct" "$sym"; done
 }

@@ -532,6 +532,18 @@ impl Cluster {
         self.running = false;
     }
 
+    /// `pg_ctl stop -m immediate`: no shutdown checkpoint, so the next start
+    /// runs crash recovery (and resets unlogged tables), as after a crash.
+    pub fn crash(&mut self) {
+        assert!(self.running, "crash: the cluster is not running");
+        let mut cmd = Command::new(self.bin("pg_ctl"));
+        cmd.args(["stop", "-w", "-t", "60", "-m", "immediate", "-D"])
+            .arg(&self.data)
+            .current_dir(&self.dir);
+        self.run_checked("pg_ctl stop -m immediate", &mut cmd);
+        self.running = false;
+    }
+
     /// Start the stopped cluster again (same data, current keyring and
     /// `BYOK_MASTER_KEY` setting).
     pub fn start_again(&mut self) {
