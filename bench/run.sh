@@ -40,7 +40,8 @@
 #   at 1k and 100k stored keys (quick: 1k). Rows the store variants add are
 #   deleted again (and the tables VACUUMed) before the next level.
 #   WAL per stored key: pg_current_wal_lsn() difference over N single-client
-#   adds (plus pg_stat_wal's records and full-page images), per system;
+#   adds (plus pg_stat_wal's records and full-page images), per system, with
+#   autovacuum off for that step (its WAL would count too);
 #   and the records of one add, from pg_waldump, by relation.
 #   Where add_key's time goes: pg_stat_statements (track = all) over N adds
 #   on the PostgREST path: every statement inside, mean time and calls.
@@ -149,6 +150,11 @@ rec meta vault "$([ "$vault" = 1 ] && sed -n "s/^default_version = '\(.*\)'/\1/p
 
 as_pg "$bin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --locale=C >/dev/null
 as_pg sh -c "umask 077; printf '1 %s\n' $(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') > '$dir/keyring'"
+if [[ $preload == *supabase_vault* ]]; then
+    # Vault reads its root key at server start from the output of a script.
+    as_pg sh -c "umask 077; printf '#!/bin/sh\necho %s\n' $(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') > '$dir/vault-getkey'; chmod 700 '$dir/vault-getkey'"
+    echo "vault.getkey_script = '$dir/vault-getkey'" >>"$dir/data/postgresql.conf"
+fi
 cat >>"$dir/data/postgresql.conf" <<CONF
 listen_addresses = ''
 unix_socket_directories = '$dir'
@@ -160,7 +166,8 @@ max_wal_size = 8GB
 checkpoint_timeout = 1h
 logging_collector = off
 CONF
-as_pg "$bin/pg_ctl" start -w -D "$dir/data" -l "$dir/server.log" >/dev/null
+as_pg "$bin/pg_ctl" start -w -D "$dir/data" -l "$dir/server.log" >/dev/null ||
+    { tail -20 "$dir/server.log" >&2; exit 1; }
 psql_() { as_pg "$sysbin/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$dir" -U postgres -d postgres "$@"; }
 rec meta postgres "$(psql_ -c 'SHOW server_version')"
 rec meta pg_byok_commit "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src sql core || echo '+changes')"
@@ -311,6 +318,12 @@ run_level() {
 # WAL per stored key: N adds, one client, each its own transaction.
 wal_per_key() {
     local level=$1 v a b
+    # The LSN counts every process's WAL: autovacuum is switched off (after a
+    # VACUUM of everything, and once its workers are gone) for this step.
+    psql_ -c 'ALTER SYSTEM SET autovacuum = off' -c 'SELECT pg_reload_conf()' -c 'VACUUM' >/dev/null
+    while [ "$(psql_ -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")" != 0 ]; do
+        sleep 0.5
+    done
     for v in store-byok-superuser store-byok-postgrest store-vault store-pgcrypto store-plain; do
         if [ "$vault" = 0 ] && [ "$v" = store-vault ]; then continue; fi
         # No CHECKPOINT first: after the runs above, the pages an add touches
@@ -322,6 +335,7 @@ wal_per_key() {
         rec wal "$level" "$v" "$wal_n" "$(psql_ -c "SELECT pg_wal_lsn_diff('$b', '$a')")" \
             "$(psql_ -F $'\t' -c 'SELECT wal_records, wal_fpi FROM pg_stat_wal')"
     done
+    psql_ -c 'ALTER SYSTEM RESET autovacuum' -c 'SELECT pg_reload_conf()' >/dev/null
 }
 
 # The records one add writes, by relation (after a warm-up add, so no

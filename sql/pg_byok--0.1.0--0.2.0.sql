@@ -1674,7 +1674,6 @@ RETURNS byok.key_info
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-    sealed record;
     k byok.keys;
     clean_label text;
     state text;
@@ -1705,19 +1704,27 @@ BEGIN
     IF add_key.label IS NOT NULL THEN
         clean_label := byok._clean_text(add_key.label, 'label', 200);
     END IF;
-    -- Normalise, check the shape and encrypt, all in Rust, before any row exists.
-    SELECT * INTO sealed FROM byok._seal(add_key.workspace_id, add_key.vendor, add_key.api_key);
-    INSERT INTO byok.keys (id, workspace_id, vendor, label, masked, status, ciphertext)
-    VALUES (sealed.id, add_key.workspace_id, sealed.vendor, clean_label, sealed.masked, 'pending',
-            sealed.ciphertext)
-    RETURNING * INTO k;
-    INSERT INTO byok.jobs (key_id) VALUES (k.id);
+    -- One statement: seal (normalise, check the shape and encrypt, all in
+    -- Rust, before any row exists), then the key row, its job and its audit
+    -- row (byok._audit('add', ...) written out).
+    WITH sealed AS (
+        SELECT * FROM byok._seal(add_key.workspace_id, add_key.vendor, add_key.api_key)
+    ), new_key AS (
+        INSERT INTO byok.keys (id, workspace_id, vendor, label, masked, status, ciphertext)
+        SELECT s.id, add_key.workspace_id, s.vendor, clean_label, s.masked, 'pending', s.ciphertext
+          FROM sealed s
+        RETURNING *
+    ), queued AS (
+        INSERT INTO byok.jobs (key_id) SELECT n.id FROM new_key n
+    ), audited AS (
+        INSERT INTO byok.audit_log (actor_role, actor_sub, action, key_id, workspace_id, vendor, outcome, detail)
+        SELECT byok._caller(), byok._jwt_sub(), 'add', n.id, n.workspace_id, n.vendor, 'pending',
+               left(byok.redact(clean_label), 1000)
+          FROM new_key n
+    )
+    SELECT * INTO k FROM new_key;
     -- Identical notifications within a transaction are delivered once.
     PERFORM pg_notify('byok_jobs', '');
-    -- byok._audit('add', ...) written out: one query instead of a call and a query.
-    INSERT INTO byok.audit_log (actor_role, actor_sub, action, key_id, workspace_id, vendor, outcome, detail)
-    VALUES (byok._caller(), byok._jwt_sub(), 'add', k.id, k.workspace_id, k.vendor, 'pending',
-            left(byok.redact(clean_label), 1000));
     RETURN byok._info(k);
 END
 $$;
