@@ -202,6 +202,19 @@ class Report:
             out.append(f"| {'yes' if top == 't' else 'no'} | {int(calls):,} | {mean} | {total} | `{q}` |")
         return "\n".join(out)
 
+    def perf_table(self):
+        rows = [p for p in self.r["perf"] if len(p) >= 3]
+        if not rows:
+            return "(no perf profile: run with --perf, perf installed)"
+        out = ["| perf, one backend (add_key, PostgREST path, synchronous_commit off) | % of samples |", "|---|---|"]
+        for kind, pct, sym in rows:
+            sym = sym.split()[0] if sym.split() else sym
+            if sym.startswith("0x"):
+                continue
+            label = "self" if kind == "self" else "with callees"
+            out.append(f"| `{sym}` ({label}) | {pct} |")
+        return "\n".join(out)
+
     def pipeline_table(self):
         out = ["| validation pipeline | vendor latency | jobs | jobs/s | notes |", "|---|---|---|---|---|"]
         for g in self.r["graphile"]:
@@ -313,6 +326,8 @@ class Report:
             self.waldump_table(),
             "### Where `add_key`'s time goes (pg_stat_statements, track = all, PostgREST path)",
             self.pgss_table(),
+            "### perf: where a backend running `add_key` spends its time",
+            self.perf_table(),
             "### The validation pipeline",
             self.pipeline_table(),
         ]
