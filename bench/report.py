@@ -236,11 +236,17 @@ class Report:
                 d = json.loads(what)
             except json.JSONDecodeError:
                 continue
-            rate = d.get("validations_per_s", d.get("per_s"))
-            lat = d.get("vendor_latency_ms", d.get("latency_ms", ""))
-            rest = ", ".join(f"{k} {v}" for k, v in d.items()
-                             if k not in ("validations_per_s", "per_s", "vendor_latency_ms", "latency_ms", "jobs"))
-            out.append(f"| pg_byok sidecar | {lat} ms | {d.get('jobs', '')} | {rate} | {rest} |")
+            drain = d.get("drain") or {}
+            trickle = d.get("trickle") or {}
+            notes = [f"{d.get('sidecars', '?')} sidecar(s)"]
+            if trickle:
+                notes.append(f"trickle {trickle.get('rate_per_s')}/s: p50 {trickle.get('p50_ms')} ms, "
+                             f"p99 {trickle.get('p99_ms')} ms")
+            if d.get("sidecar_peak_rss_kb_max"):
+                notes.append(f"peak RSS {d['sidecar_peak_rss_kb_max'] / 1024:.1f} MB")
+            rate = drain.get("validations_per_s")
+            out.append(f"| pg_byok sidecar, defaults | {d.get('latency_ms', '')} ms | {d.get('keys', '')} | "
+                       f"{fmt(rate) if isinstance(rate, (int, float)) else '–'} | {', '.join(notes)} |")
         return "\n".join(out)
 
     def svg_bars(self, path, title, variants, unit="tps"):

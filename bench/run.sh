@@ -433,14 +433,31 @@ for latency in 0 150; do
         rec graphile "$latency" skipped
     fi
 done
-pipe_toml=$(grep -l 'bench/pipeline.rs' ./*/Cargo.toml Cargo.toml 2>/dev/null | head -1 || true)
-if [ -f bench/pipeline.rs ] && [ -n "$pipe_toml" ]; then
+# The sidecar side (bench/pipeline.rs, when this checkout has it): its own
+# cluster with this build's extension, real byok-sidecar processes at their
+# defaults, the mock vendor; one JSON line per run (drain validations/s,
+# trickle p50/p99, peak RSS).
+if [ -f bench/pipeline.rs ] && grep -q 'bench/pipeline.rs' integration/Cargo.toml 2>/dev/null; then
     log "the sidecar side: bench/pipeline.rs"
-    pipe_pkg=$(sed -n 's/^name = "\(.*\)"/\1/p' "$pipe_toml" | head -1)
-    if o=$(cargo run --release -q -p "$pipe_pkg" --bin pipeline -- $([ "$quick" = 1 ] && echo --quick) 2>"$dir/pipeline.err"); then
-        echo "$o" | while read -r line; do rec pipeline "$line"; done
+    extdir=$dir/extension-files
+    mkdir -p "$extdir"
+    cp "$pkg_lib/pg_byok.so" "$pkg_ext"/pg_byok.control "$pkg_ext"/pg_byok--*.sql "$extdir/"
+    if cargo build --release -q -p byok-sidecar -p byok-mock-vendor -p byok-integration --bin pipeline \
+        --bin byok-sidecar --bin byok-mock-vendor >&2 2>"$dir/pipeline-build.err"; then
+        for sidecars in $([ "$quick" = 1 ] && echo 1 || echo 1 2 4); do
+            for latency in 0 150; do
+                if o=$("$CARGO_TARGET_DIR/release/pipeline" --keys "$pipe_jobs" --sidecars "$sidecars" \
+                    --latency-ms "$latency" --vendor anthropic --extension-dir "$extdir" \
+                    $([ "$quick" = 1 ] && echo --trickle-seconds 2) 2>"$dir/pipeline.err" | tail -1); then
+                    rec pipeline "$o"
+                else
+                    log "bench/pipeline.rs failed: $(tail -5 "$dir/pipeline.err")"
+                    rec pipeline failed
+                fi
+            done
+        done
     else
-        log "bench/pipeline.rs failed: $(tail -5 "$dir/pipeline.err")"
+        log "building bench/pipeline.rs failed: $(tail -5 "$dir/pipeline-build.err")"
         rec pipeline failed
     fi
 else
