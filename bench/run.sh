@@ -5,7 +5,7 @@
 # pipeline against graphile-worker. Writes its own report; results are never
 # edited by hand.
 #
-#   bash bench/run.sh [--quick] [--installed] [--out DIR]
+#   bash bench/run.sh [--quick] [--installed] [--perf] [--out DIR]
 #
 #   --quick      CI smoke test: 1k stored keys only, one 3 s run per variant,
 #                small WAL and pipeline samples; writes DIR (default
@@ -16,6 +16,8 @@
 #   --installed  benchmark the pg_byok installed in the system's PostgreSQL
 #                (scripts/install-extension.sh) instead of building a release
 #                package of this checkout (`cargo pgrx package`)
+#   --perf       also record one backend running add_key on the PostgREST path
+#                with perf (`perf record -g -p`): the report's perf table
 #
 # The cluster (initdb'd as the postgres OS user under a private copy of the
 # PostgreSQL 15 install root, so this checkout's pg_byok is what CREATE
@@ -442,11 +444,13 @@ if [ -f bench/pipeline.rs ] && grep -q 'bench/pipeline.rs' integration/Cargo.tom
     extdir=$dir/extension-files
     mkdir -p "$extdir"
     cp "$pkg_lib/pg_byok.so" "$pkg_ext"/pg_byok.control "$pkg_ext"/pg_byok--*.sql "$extdir/"
-    if cargo build --release -q -p byok-sidecar -p byok-mock-vendor -p byok-integration --bin pipeline \
-        --bin byok-sidecar --bin byok-mock-vendor >&2 2>"$dir/pipeline-build.err"; then
+    # Quick mode (CI) uses the debug builds the test command already made.
+    profile=$([ "$quick" = 1 ] && echo debug || echo release)
+    if cargo build $([ "$quick" = 1 ] || echo --release) -q -p byok-sidecar -p byok-mock-vendor \
+        -p byok-integration --bin pipeline --bin byok-sidecar --bin byok-mock-vendor 2>"$dir/pipeline-build.err"; then
         for sidecars in $([ "$quick" = 1 ] && echo 1 || echo 1 2 4); do
             for latency in 0 150; do
-                if o=$("$CARGO_TARGET_DIR/release/pipeline" --keys "$pipe_jobs" --sidecars "$sidecars" \
+                if o=$("$CARGO_TARGET_DIR/$profile/pipeline" --keys "$pipe_jobs" --sidecars "$sidecars" \
                     --latency-ms "$latency" --vendor anthropic --extension-dir "$extdir" \
                     $([ "$quick" = 1 ] && echo --trickle-seconds 2) 2>"$dir/pipeline.err" | tail -1); then
                     rec pipeline "$o"
