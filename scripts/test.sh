@@ -6,6 +6,8 @@
 #   3. SQL-level scenarios, tenancy, sidecar end-to-end, the leak suite and
 #      the 0.1.0 upgrade, each against real clusters the tests start as the
 #      postgres OS user.
+#   4. the examples, the vendor spec conformance, and the benchmark's quick
+#      mode (bench/run.sh --quick) as a smoke test.
 # Installs what it needs first (scripts/setup.sh). Run as root or a sudoer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,3 +62,8 @@ else
     [ "$status" -eq 3 ] || exit "$status"
     echo "skipped: the vendor specs (../shared/reference/openapi) or Node are not available here"
 fi
+
+step "benchmark smoke test: bench/run.sh --quick (the installed build; Vault and graphile-worker skipped where absent)"
+# A few seconds per variant: checks the side-by-side benchmark still runs end
+# to end; its figures (a debug build on a busy machine) mean nothing.
+BENCH_MOCK_BIN=${CARGO_TARGET_DIR:-target}/debug/byok-mock-vendor bash bench/run.sh --quick --installed

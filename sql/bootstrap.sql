@@ -90,9 +90,16 @@ ALTER TABLE byok.keys FORCE ROW LEVEL SECURITY;
 -- claim pushes run_after to the lease's end, so an expired lease makes the
 -- job claimable again without a sweeper. Finished jobs are deleted, so the
 -- table (and its one hot index) holds only live work.
-CREATE TABLE byok.jobs (
+-- UNLOGGED, with no foreign key: the queue is derived state (a key awaits
+-- validation exactly while it is pending), so it writes no WAL and takes no
+-- lock on the key row (add_key's WAL and time: BENCHMARKS.md). A crash or a
+-- replica's promotion empties it, and byok._rebuild_lost_queue (health.sql)
+-- queues every pending key again; a job whose key row is gone is retired by
+-- claim_jobs. (An unlogged table cannot be read on a hot standby; only the
+-- primary's sidecar and byok.key_health read this one.)
+CREATE UNLOGGED TABLE byok.jobs (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    key_id           uuid NOT NULL UNIQUE REFERENCES byok.keys (id) ON DELETE CASCADE,
+    key_id           uuid NOT NULL UNIQUE,
     run_after        timestamptz NOT NULL DEFAULT clock_timestamp(),
     attempts         integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     lease_token      uuid,
@@ -103,6 +110,13 @@ CREATE TABLE byok.jobs (
 CREATE INDEX jobs_ready ON byok.jobs (run_after, id);
 COMMENT ON TABLE byok.jobs IS 'pg_byok: pending key validations; claimed with byok.claim_jobs';
 
+-- One row while byok.jobs has survived since it was last (re)built: UNLOGGED
+-- like the queue, so the crash that empties the queue empties this too.
+CREATE UNLOGGED TABLE byok.queue_intact (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton)
+);
+INSERT INTO byok.queue_intact DEFAULT VALUES;
+
 -- Vendor health as reported by the sidecars' circuit breakers.
 CREATE TABLE byok.vendor_health (
     vendor      text PRIMARY KEY CHECK (vendor IN ('anthropic', 'openai')),
@@ -112,8 +126,11 @@ CREATE TABLE byok.vendor_health (
     updated_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
+-- No primary key: the identity column orders the trail, and its index would
+-- cost every audited call a B-tree insert and its WAL (nothing looks an
+-- audit row up by id; readers go by workspace).
 CREATE TABLE byok.audit_log (
-    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id           bigint GENERATED ALWAYS AS IDENTITY,
     at           timestamptz NOT NULL DEFAULT clock_timestamp(),
     actor_role   text NOT NULL,
     actor_sub    text,

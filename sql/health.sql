@@ -85,9 +85,42 @@ CREATE TRIGGER keys_status_events AFTER UPDATE OF status ON byok.keys
           AND NEW.status IN ('active', 'invalid', 'unverified', 'revoked'))
     EXECUTE FUNCTION byok._key_event();
 
+-- byok.jobs is UNLOGGED (bootstrap.sql): a crash or a replica's promotion
+-- empties it, and byok.queue_intact with it. The queue is derived state --
+-- a key awaits validation exactly while it is pending -- so it is rebuilt
+-- from the keys: every pending key without a job gets one (its attempt
+-- count starts again). Runs on the sidecar's revalidation timer (below);
+-- byok.revalidate_key queues one key at once. Returns how many it queued.
+CREATE FUNCTION byok._rebuild_lost_queue() RETURNS integer
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n integer;
+BEGIN
+    IF EXISTS (SELECT 1 FROM byok.queue_intact) THEN
+        RETURN 0;
+    END IF;
+    -- One transaction rebuilds: a concurrent one waits on the marker's key
+    -- and then inserts nothing.
+    INSERT INTO byok.queue_intact DEFAULT VALUES ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    INSERT INTO byok.jobs (key_id)
+    SELECT k.id FROM byok.keys k WHERE k.status = 'pending' ORDER BY k.created_at, k.id
+    ON CONFLICT (key_id) DO NOTHING;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM pg_notify('byok_jobs', '');
+        RAISE WARNING 'pg_byok: the validation queue was lost (a crash or a promotion); % pending keys were queued again', n;
+    END IF;
+    RETURN n;
+END
+$$;
+
 -- Scheduled revalidation: the sidecar calls this on a timer. Active keys
 -- whose last check (or activation) is older than byok.revalidate_interval
 -- get a job, oldest first; a key with a job already queued is left alone.
+-- First, a queue lost to a crash is rebuilt (byok._rebuild_lost_queue).
 CREATE FUNCTION byok.enqueue_due_revalidations(max_keys integer DEFAULT 100) RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -100,6 +133,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'max_keys must be between 1 and 10000',
             HINT = 'Queue a batch per timer tick; the rest are queued on the next.';
     END IF;
+    PERFORM byok._rebuild_lost_queue();
     IF every = 0 THEN
         RETURN 0;
     END IF;

@@ -27,6 +27,8 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Superusers and Supabase's service_role may act on every workspace.
+-- (PL/pgSQL, not SQL: a SQL function with a subquery is never inlined, and
+-- would be parsed and planned again on every call; PL/pgSQL keeps its plans.)
 CREATE FUNCTION byok._caller_is_trusted() RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -64,8 +66,9 @@ BEGIN
 END
 $$;
 
+-- No SET clause: inlined into its callers (add_key returns it on every call).
 CREATE FUNCTION byok._info(k byok.keys) RETURNS byok.key_info
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql IMMUTABLE AS $$
     SELECT ROW(k.id, k.workspace_id, k.vendor, k.label, k.masked, k.status, k.status_detail,
                k.created_at, k.validated_at, k.revoked_at, k.vendor_account)::byok.key_info
 $$;
@@ -168,8 +171,10 @@ $$;
 -- (an app's unrelated ids must never make its own DELETE fail: every string
 -- the pattern accepts -- braces only in pairs, blanks only around -- is
 -- valid uuid input once trimmed). The same rule as byok_core::app_sql.
+-- (No SET clause, every name qualified: inlined into authorize, which runs
+-- it on the JWT subject of every member's call.)
 CREATE FUNCTION byok._as_uuid(value text) RETURNS uuid
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN value ~* '^\s*(\{[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}|[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12})\s*$'
-                THEN btrim(value, E' \t\n\r\f\x0B')::uuid END
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN value OPERATOR(pg_catalog.~*) '^\s*(\{[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}|[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12})\s*$'
+                THEN pg_catalog.btrim(value, E' \t\n\r\f\x0B')::pg_catalog.uuid END
 $$;

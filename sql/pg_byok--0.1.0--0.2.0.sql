@@ -2168,3 +2168,172 @@ REVOKE ALL ON FUNCTION byok._store(uuid, text, text), byok._open_stored(uuid, uu
     byok._keys_not_in(text), byok._migrate_batch(text, integer, uuid) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE byok.migrate_storage(text, integer) FROM PUBLIC;
 REVOKE ALL ON byok.storage_status FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- add_key speed (issue 11)
+-- add_key on the PostgREST path ran ~0.36x vault.create_secret and wrote
+-- 1,284 B of WAL per key (BENCHMARKS.md, "add_key speed"). The queue is
+-- UNLOGGED and has no foreign key (it is derived from the keys' status, and
+-- rebuilt after a crash by byok._rebuild_lost_queue); the audit trail has no
+-- primary key index; add_key runs no query for its NULL checks, label or
+-- audit call; _info and _as_uuid lose their SET clause and are inlined.
+-- Each function here is the whole of its fresh-install text.
+
+ALTER TABLE byok.jobs DROP CONSTRAINT jobs_key_id_fkey;
+ALTER TABLE byok.jobs SET UNLOGGED;
+ALTER TABLE byok.audit_log DROP CONSTRAINT audit_log_pkey;
+
+-- One row while byok.jobs has survived since it was last (re)built: UNLOGGED
+-- like the queue, so the crash that empties the queue empties this too.
+CREATE UNLOGGED TABLE byok.queue_intact (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton)
+);
+INSERT INTO byok.queue_intact DEFAULT VALUES;
+REVOKE ALL ON byok.queue_intact FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION byok._info(k byok.keys) RETURNS byok.key_info
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT ROW(k.id, k.workspace_id, k.vendor, k.label, k.masked, k.status, k.status_detail,
+               k.created_at, k.validated_at, k.revoked_at, k.vendor_account)::byok.key_info
+$$;
+
+CREATE OR REPLACE FUNCTION byok._as_uuid(value text) RETURNS uuid
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN value OPERATOR(pg_catalog.~*) '^\s*(\{[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}|[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12})\s*$'
+                THEN pg_catalog.btrim(value, E' \t\n\r\f\x0B')::pg_catalog.uuid END
+$$;
+
+CREATE FUNCTION byok._rebuild_lost_queue() RETURNS integer
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n integer;
+BEGIN
+    IF EXISTS (SELECT 1 FROM byok.queue_intact) THEN
+        RETURN 0;
+    END IF;
+    -- One transaction rebuilds: a concurrent one waits on the marker's key
+    -- and then inserts nothing.
+    INSERT INTO byok.queue_intact DEFAULT VALUES ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    INSERT INTO byok.jobs (key_id)
+    SELECT k.id FROM byok.keys k WHERE k.status = 'pending' ORDER BY k.created_at, k.id
+    ON CONFLICT (key_id) DO NOTHING;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM pg_notify('byok_jobs', '');
+        RAISE WARNING 'pg_byok: the validation queue was lost (a crash or a promotion); % pending keys were queued again', n;
+    END IF;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION byok.enqueue_due_revalidations(max_keys integer DEFAULT 100) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    every integer := byok._revalidate_interval();
+    n integer;
+BEGIN
+    IF enqueue_due_revalidations.max_keys IS NULL
+       OR enqueue_due_revalidations.max_keys NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'max_keys must be between 1 and 10000',
+            HINT = 'Queue a batch per timer tick; the rest are queued on the next.';
+    END IF;
+    PERFORM byok._rebuild_lost_queue();
+    IF every = 0 THEN
+        RETURN 0;
+    END IF;
+    WITH due AS (
+        SELECT k.id, k.workspace_id, k.vendor FROM byok.keys k
+         WHERE k.status = 'active'
+           AND coalesce(k.checked_at, k.validated_at, k.created_at)
+               <= clock_timestamp() - make_interval(secs => every)
+           AND NOT EXISTS (SELECT 1 FROM byok.jobs j WHERE j.key_id = k.id)
+         ORDER BY coalesce(k.checked_at, k.validated_at, k.created_at), k.id
+         LIMIT enqueue_due_revalidations.max_keys
+           FOR UPDATE OF k SKIP LOCKED
+    ), queued AS (
+        INSERT INTO byok.jobs (key_id) SELECT d.id FROM due d
+        ON CONFLICT (key_id) DO NOTHING
+        RETURNING byok.jobs.key_id
+    ), audited AS (
+        INSERT INTO byok.audit_log (actor_role, actor_sub, action, key_id, workspace_id, vendor, outcome, detail)
+        SELECT byok._caller(), byok._jwt_sub(), 'revalidate', d.id, d.workspace_id, d.vendor, 'scheduled',
+               format('last checked more than %s ago', make_interval(secs => every))
+          FROM due d JOIN queued q ON q.key_id = d.id
+    )
+    SELECT count(*) INTO n FROM queued;
+    IF n > 0 THEN
+        PERFORM pg_notify('byok_jobs', '');
+    END IF;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION byok.add_key(workspace_id uuid, vendor text, api_key text, label text DEFAULT NULL)
+RETURNS byok.key_info
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    k byok.keys;
+    clean_label text;
+    state text;
+BEGIN
+    -- Every PERFORM is a query of its own, and every call of a function with
+    -- a SET clause switches search_path twice: the common case here runs
+    -- neither for the NULL checks, the label or the audit row (where the
+    -- time goes: BENCHMARKS.md, "add_key speed"). Errors are unchanged.
+    IF add_key.workspace_id IS NULL OR add_key.vendor IS NULL OR add_key.api_key IS NULL THEN
+        PERFORM byok._require(add_key.workspace_id, 'workspace_id');
+        PERFORM byok._require(add_key.vendor, 'vendor');
+        PERFORM byok._require(add_key.api_key, 'api_key');
+    END IF;
+    IF NOT byok.authorize(add_key.workspace_id) THEN
+        PERFORM byok._deny_workspace(add_key.workspace_id);
+    END IF;
+    state := byok._workspace_state(add_key.workspace_id);
+    -- A workspace the attached table does not have (yet) may take keys --
+    -- apps create rows and keys in either order -- but the caller is told.
+    IF state = ' missing' THEN
+        RAISE NOTICE 'pg_byok: workspace % is not in the attached workspace table', add_key.workspace_id
+            USING HINT = 'Its keys are revoked with the workspace only once its row exists.';
+    ELSIF state = ANY (byok._inactive_statuses()) THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('workspace %s is %s; it cannot take new keys', add_key.workspace_id, state),
+            HINT = 'Reactivate the workspace first, then add the key again.';
+    END IF;
+    IF add_key.label IS NOT NULL THEN
+        clean_label := byok._clean_text(add_key.label, 'label', 200);
+    END IF;
+    -- One statement: store (normalise, check the shape and encrypt, all in
+    -- Rust, before any row exists: into pg_byok's envelope or a Supabase
+    -- Vault secret, as byok.storage says), then the key row, its job and its
+    -- audit row (byok._audit('add', ...) written out).
+    WITH sealed AS (
+        SELECT * FROM byok._store(add_key.workspace_id, add_key.vendor, add_key.api_key)
+    ), new_key AS (
+        INSERT INTO byok.keys (id, workspace_id, vendor, label, masked, status, ciphertext, storage, vault_secret_id)
+        SELECT s.id, add_key.workspace_id, s.vendor, clean_label, s.masked, 'pending', s.ciphertext,
+               s.storage, s.vault_secret_id
+          FROM sealed s
+        RETURNING *
+    ), queued AS (
+        INSERT INTO byok.jobs (key_id) SELECT n.id FROM new_key n
+    ), audited AS (
+        INSERT INTO byok.audit_log (actor_role, actor_sub, action, key_id, workspace_id, vendor, outcome, detail)
+        SELECT byok._caller(), byok._jwt_sub(), 'add', n.id, n.workspace_id, n.vendor, 'pending',
+               left(byok.redact(clean_label), 1000)
+          FROM new_key n
+    )
+    SELECT * INTO k FROM new_key;
+    -- Identical notifications within a transaction are delivered once.
+    PERFORM pg_notify('byok_jobs', '');
+    RETURN byok._info(k);
+END
+$$;
+
+REVOKE ALL ON FUNCTION byok._rebuild_lost_queue() FROM PUBLIC;
+
+-- end of section: add_key speed
