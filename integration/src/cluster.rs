@@ -626,6 +626,7 @@ impl Cluster {
             data: dir.join("data"),
             log: dir.join("server.log"),
             keyring_path: dir.join("keyring"),
+            vault_getkey: dir.join("vault-getkey"),
             keyring_in_conf: self.keyring_in_conf,
             master_key_env: self.master_key_env.clone(),
             port: free_port(),
