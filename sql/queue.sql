@@ -240,6 +240,59 @@ $$;
 COMMENT ON FUNCTION byok.finish_job(bigint, uuid, text, text, integer, integer, text) IS
     'Record a validation verdict under a lease token; returns the key''s new status, or ''stale''';
 
+-- Many verdicts in one call (0.2.0): one round trip and one commit for a
+-- whole batch instead of one per job, which is what bounds a sidecar's
+-- throughput against a fast vendor. Each verdict is exactly finish_job's
+-- (same lease-token check, same key transitions, same audit row); the
+-- arrays are parallel, one element per job. Applied in the order of the
+-- keys' (workspace, vendor), the order finish_job's activation lock and
+-- key-row locks are taken in, so two sidecars' batches never deadlock on
+-- each other. An error in one verdict fails the whole call (nothing is
+-- written): the sidecar then records that batch's verdicts one by one.
+CREATE FUNCTION byok.finish_jobs(job_ids bigint[], lease_tokens uuid[], outcomes text[],
+                                 details text[] DEFAULT NULL, http_statuses integer[] DEFAULT NULL,
+                                 retry_after_seconds integer[] DEFAULT NULL,
+                                 vendor_accounts text[] DEFAULT NULL)
+RETURNS TABLE(job_id bigint, status text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    n integer := cardinality(finish_jobs.job_ids);
+    i integer;
+BEGIN
+    PERFORM byok._require(finish_jobs.job_ids, 'job_ids');
+    IF n > 1000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'at most 1000 verdicts per call',
+            HINT = 'Split the batch.';
+    END IF;
+    IF cardinality(finish_jobs.lease_tokens) IS DISTINCT FROM n
+       OR cardinality(finish_jobs.outcomes) IS DISTINCT FROM n
+       OR coalesce(cardinality(finish_jobs.details), n) <> n
+       OR coalesce(cardinality(finish_jobs.http_statuses), n) <> n
+       OR coalesce(cardinality(finish_jobs.retry_after_seconds), n) <> n
+       OR coalesce(cardinality(finish_jobs.vendor_accounts), n) <> n THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'the arrays must all have one element per job',
+            HINT = 'Pass job_ids, lease_tokens and outcomes (and any optional array) of equal length.';
+    END IF;
+    FOR i IN
+        SELECT a.i FROM generate_subscripts(finish_jobs.job_ids, 1) AS a(i)
+          LEFT JOIN byok.jobs j ON j.id = finish_jobs.job_ids[a.i]
+          LEFT JOIN byok.keys k ON k.id = j.key_id
+         ORDER BY k.workspace_id, k.vendor, k.id, a.i
+    LOOP
+        job_id := finish_jobs.job_ids[i];
+        status := byok.finish_job(finish_jobs.job_ids[i], finish_jobs.lease_tokens[i], finish_jobs.outcomes[i],
+                                  finish_jobs.details[i], finish_jobs.http_statuses[i],
+                                  finish_jobs.retry_after_seconds[i], finish_jobs.vendor_accounts[i]);
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION byok.finish_jobs(bigint[], uuid[], text[], text[], integer[], integer[], text[]) IS
+    'Record many validation verdicts in one call (finish_job for each); returns each job''s key status, or ''stale''';
+REVOKE ALL ON FUNCTION byok.finish_jobs(bigint[], uuid[], text[], text[], integer[], integer[], text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION byok.finish_jobs(bigint[], uuid[], text[], text[], integer[], integer[], text[]) TO byok_worker;
+
 -- Circuit breaker support: push a vendor's ready jobs back without counting
 -- an attempt (the vendor is down, not the keys).
 CREATE FUNCTION byok.defer_jobs(vendor text, seconds integer) RETURNS integer
