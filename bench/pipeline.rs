@@ -13,7 +13,7 @@
 //!   cargo build --release -p byok-sidecar -p byok-mock-vendor -p byok-integration
 //!   target/release/pipeline [--keys 5000] [--sidecars 1] [--latency-ms 0]
 //!       [--trickle-rate 200] [--trickle-seconds 5] [--vendor openai|anthropic|mixed]
-//!       [--bin-dir DIR] [--extension-dir DIR] [--sidecar-arg FLAG]...
+//!       [--bin-dir DIR] [--extension-dir DIR] [--sidecar-arg FLAG]... [--profile]
 //!
 //! --bin-dir: where `byok-sidecar` and `byok-mock-vendor` are (default: this
 //! program's directory). --extension-dir: a directory holding `pg_byok.so`,
@@ -25,7 +25,10 @@
 //! without it the sidecars run at their defaults, except that the vendor
 //! probe is `models` (GET /v1/models, what the issue's figures used), the
 //! metrics server is off (K sidecars would share its port) and logs go to
-//! a file at the default level.
+//! a file at the default level. --profile: where the database's time goes;
+//! pg_stat_statements (track = all, so the statements inside the queue's
+//! functions too) is loaded, and after the drain the statements with the
+//! most execution time are printed to stderr (not part of the JSON).
 //!
 //! Prints one JSON object on stdout (progress goes to stderr):
 //! {"bench":"pipeline","keys":N,"sidecars":K,"latency_ms":L,"vendor":"openai",
@@ -55,11 +58,12 @@ struct Args {
     bin_dir: PathBuf,
     extension_dir: Option<PathBuf>,
     sidecar_args: Vec<String>,
+    profile: bool,
 }
 
 const USAGE: &str = "pipeline [--keys N] [--sidecars K] [--latency-ms L] [--trickle-rate R] \
 [--trickle-seconds S] [--vendor openai|anthropic|mixed] [--bin-dir DIR] [--extension-dir DIR] \
-[--sidecar-arg FLAG]...";
+[--sidecar-arg FLAG]... [--profile]";
 
 fn parse_args() -> Args {
     let exe_dir = std::env::current_exe()
@@ -76,6 +80,7 @@ fn parse_args() -> Args {
         bin_dir: exe_dir,
         extension_dir: None,
         sidecar_args: Vec::new(),
+        profile: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -103,6 +108,7 @@ fn parse_args() -> Args {
             "--bin-dir" => a.bin_dir = PathBuf::from(val()),
             "--extension-dir" => a.extension_dir = Some(PathBuf::from(val())),
             "--sidecar-arg" => a.sidecar_args.push(val()),
+            "--profile" => a.profile = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -210,6 +216,16 @@ fn start_sidecars(a: &Args, c: &Cluster, mock: &str, logs: &Path) -> Vec<Child> 
         .collect()
 }
 
+/// Jobs left in the queue. Polled instead of the keys' statuses: cheap (the
+/// queue is small; a scan of thousands of keys every 10 ms would take a
+/// good share of a 2-core machine from the pipeline being measured). The
+/// benchmark's keys are all valid, so their jobs end with their verdicts.
+fn queued(db: &mut Client) -> i64 {
+    db.query_one("SELECT count(*) FROM byok.jobs", &[])
+        .unwrap()
+        .get(0)
+}
+
 fn pending(db: &mut Client, ids: &[Uuid]) -> i64 {
     db.query_one(
         "SELECT count(*) FROM byok.keys WHERE id = ANY($1) AND status = 'pending'",
@@ -231,7 +247,7 @@ fn not_active(db: &mut Client, ids: &[Uuid]) -> i64 {
 /// Waits until none of `ids` is pending; panics after `limit`.
 fn wait_drained(db: &mut Client, ids: &[Uuid], limit: Duration) {
     let start = Instant::now();
-    while pending(db, ids) > 0 {
+    while queued(db) > 0 || pending(db, ids) > 0 {
         assert!(
             start.elapsed() < limit,
             "keys still pending after {limit:?}: is the sidecar running? (its log is in the cluster directory)"
@@ -327,6 +343,30 @@ fn trickle(a: &Args, db: &mut Client, seed: &mut u64) -> serde_json::Value {
     })
 }
 
+/// The statements that took the most execution time, to stderr.
+fn print_profile(db: &mut Client) {
+    db.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .unwrap();
+    let rows = db
+        .query(
+            "SELECT calls, round(total_exec_time)::float8, round((mean_exec_time * 1000)::numeric, 1)::float8,
+                    left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
+               FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25",
+            &[],
+        )
+        .unwrap();
+    eprintln!("profile: calls, total ms, mean µs, statement");
+    for r in rows {
+        eprintln!(
+            "profile: {:>8} {:>8} {:>9} {}",
+            r.get::<_, i64>(0),
+            r.get::<_, f64>(1),
+            r.get::<_, f64>(2),
+            r.get::<_, String>(3)
+        );
+    }
+}
+
 /// Peak resident set size of `pid`, kB (VmHWM).
 fn peak_rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -340,9 +380,16 @@ fn peak_rss_kb(pid: u32) -> u64 {
 fn main() {
     let a = parse_args();
     let root = a.extension_dir.as_deref().map(private_root);
+    // The harness turns fsync off for speed; a benchmark measures commits.
+    let mut conf = vec!["fsync = on".to_owned()];
+    if a.profile {
+        conf.extend([
+            "shared_preload_libraries = 'pg_byok,pg_stat_statements'".to_owned(),
+            "pg_stat_statements.track = all".to_owned(),
+        ]);
+    }
     let c = Cluster::start(ClusterOptions {
-        // The harness turns fsync off for speed; a benchmark measures commits.
-        extra_conf: vec!["fsync = on".to_owned()],
+        extra_conf: conf,
         pg_bin_dir: root.as_ref().map(|r| r.bin_dir().to_path_buf()),
         ..Default::default()
     });
@@ -383,6 +430,9 @@ fn main() {
     );
     let drained = drain(&a, &mut db, &mut seed);
     eprintln!("drain: {drained}");
+    if a.profile {
+        print_profile(&mut db);
+    }
     let trickled = if a.trickle_seconds > 0 {
         eprintln!(
             "trickle: {} adds/s for {} s",

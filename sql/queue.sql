@@ -140,6 +140,8 @@ DECLARE
     j byok.jobs;
     k byok.keys;
     current_active byok.keys;
+    now_ts timestamptz;
+    checked boolean := false;
 BEGIN
     PERFORM byok._require(finish_job.job_id, 'job_id');
     PERFORM byok._require(finish_job.lease_token, 'lease_token');
@@ -186,6 +188,10 @@ BEGIN
     END IF;
 
     DELETE FROM byok.jobs WHERE id = j.id;
+    -- Key health (byok.key_health, and the schedule of
+    -- byok.enqueue_due_revalidations): when this check ended and how. Set
+    -- in the same UPDATE as the verdict's status (one row version, not two).
+    now_ts := clock_timestamp();
 
     IF verdict = 'valid' THEN
         -- Two keys of one (workspace, vendor) validated at the same moment
@@ -213,24 +219,33 @@ BEGIN
                     CASE WHEN swap_note IS NULL THEN 'active' ELSE 'account_changed' END,
                     concat_ws('; ', format('replaces key %s', current_active.masked), swap_note));
             END IF;
-            UPDATE byok.keys SET status = 'active', validated_at = clock_timestamp(),
+            UPDATE byok.keys SET status = 'active', validated_at = now_ts,
                    status_detail = left(concat_ws('; ', swap_note, note), 1000),
-                   vendor_account = coalesce(account, vendor_account)
-             WHERE id = k.id;
+                   vendor_account = coalesce(account, vendor_account),
+                   checked_at = now_ts, check_outcome = verdict
+             WHERE id = k.id
+            RETURNING * INTO k;
+            checked := true;
         END IF;
     ELSIF verdict = 'invalid' THEN
         UPDATE byok.keys SET status = 'invalid', ciphertext = NULL,
-               status_detail = coalesce(note, 'the vendor rejected the key')
-         WHERE id = k.id;
+               status_detail = coalesce(note, 'the vendor rejected the key'),
+               checked_at = now_ts, check_outcome = verdict
+         WHERE id = k.id
+        RETURNING * INTO k;
+        checked := true;
     ELSIF k.status <> 'active' THEN  -- unverified; an active key being re-checked keeps serving
-        UPDATE byok.keys SET status = 'unverified', status_detail = note WHERE id = k.id;
+        UPDATE byok.keys SET status = 'unverified', status_detail = note,
+               checked_at = now_ts, check_outcome = verdict
+         WHERE id = k.id
+        RETURNING * INTO k;
+        checked := true;
     END IF;
-
-    -- Key health: when this check ended and how (byok.key_health, and the
-    -- schedule of byok.enqueue_due_revalidations).
-    UPDATE byok.keys SET checked_at = clock_timestamp(), check_outcome = verdict
-     WHERE id = k.id
-    RETURNING * INTO k;
+    IF NOT checked THEN  -- superseded at once, or an active key kept serving
+        UPDATE byok.keys SET checked_at = now_ts, check_outcome = verdict
+         WHERE id = k.id
+        RETURNING * INTO k;
+    END IF;
     PERFORM byok._audit('validate', k.id, k.workspace_id, k.vendor, verdict,
         concat_ws(' ', 'http ' || finish_job.http_status, note,
                   '(account ' || account || ')'));

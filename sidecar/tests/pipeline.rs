@@ -70,7 +70,10 @@ fn a_deep_queue_against_a_slow_vendor_runs_above_the_old_default_within_the_ceil
     let mut env = setup(&[], MockOptions::default());
     env.mock.set_latency(150);
     let ids = add_keys(&mut env, 2000, 0);
-    let sc = env.sidecar("deep", &[("--request-timeout", "10"), ("--lease-seconds", "60")]);
+    let sc = env.sidecar(
+        "deep",
+        &[("--request-timeout", "10"), ("--lease-seconds", "60")],
+    );
     let mut db = env.db();
     wait_settled(&mut db, &ids, Duration::from_secs(300));
     assert_all_active_once(&env, &ids);
@@ -106,7 +109,10 @@ fn the_ceiling_caps_calls_in_flight() {
     wait_settled(&mut db, &ids, Duration::from_secs(300));
     assert_all_active_once(&env, &ids);
     let peak = env.mock.stats()["peak_in_flight"].as_u64().unwrap();
-    assert!(peak > OLD_DEFAULT && peak <= 12, "peak calls in flight: {peak}");
+    assert!(
+        peak > OLD_DEFAULT && peak <= 12,
+        "peak calls in flight: {peak}"
+    );
     assert_eq!(
         sc.metric("byok_sidecar_concurrency_limit{vendor=\"openai\"}"),
         12.0
