@@ -41,6 +41,7 @@ pub async fn run(db: Db, shared: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<F
         let mut statuses = match written {
             Ok(rows) => rows.into_iter().collect::<HashMap<i64, String>>(),
             Err(e) => {
+                prepared = Prepared::default();
                 if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) {
                     tracing::info!("byok.finish_jobs is missing (an older pg_byok): writing verdicts one by one");
                     if let Some(sh) = shared.upgrade() {

@@ -72,6 +72,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     ));
     for vendor in Vendor::ALL {
         shared.metrics.breaker_state(vendor, State::Closed.gauge());
+        shared
+            .metrics
+            .concurrency_limit(vendor, i64::from(shared.concurrency_limit(vendor)));
         let t = shared.prober.target(vendor);
         tracing::info!(vendor = vendor.as_str(), base_url = %t.base_url, probe = ?t.probe, model = %t.model, "vendor probe");
     }
@@ -207,6 +210,9 @@ async fn claim_loop(
             }
             Err(e) => {
                 drop(permits);
+                // Prepared again next time (an ALTER EXTENSION UPDATE may
+                // have replaced the function under the statement).
+                prepared = db::Prepared::default();
                 failures += 1;
                 if db::is_missing_or_forbidden(&e) {
                     tracing::error!(error = %db::describe(&e), "cannot call byok.claim_jobs: is pg_byok installed and the role granted byok_worker?");
