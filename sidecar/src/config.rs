@@ -99,7 +99,8 @@ pub struct Cli {
     pub openai_model: String,
 
     /// Ceiling on vendor calls in flight, all vendors together (also the
-    /// most jobs claimed or held at once). Below it each vendor's own limit
+    /// most jobs claimed at once; as many answered jobs may wait for their
+    /// verdicts to be written). Below it each vendor's own limit
     /// adapts to its latency and errors (see the README: the limiter), and
     /// its circuit breaker caps it further. `--concurrency` is the 0.1.0
     /// name (then a fixed number of calls, default 8).

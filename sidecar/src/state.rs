@@ -40,6 +40,12 @@ pub struct Shared {
     /// slot (the claim loop and the jobs waiting for a vendor slot re-check).
     pub slots_changed: Notify,
     finishes: mpsc::UnboundedSender<FinishRequest>,
+    /// Jobs whose vendor call has ended and whose verdict is not yet
+    /// written (`--max-concurrency` of them): a job takes one of these
+    /// before it gives its call slot back, so the next claim overlaps the
+    /// writing of the last batch while the jobs held stay bounded (twice
+    /// the ceiling at most).
+    pub verdict_slots: Arc<tokio::sync::Semaphore>,
     /// Set once `finish_jobs` turned out missing (an older extension):
     /// verdicts are then written one by one.
     no_batch_finish: AtomicBool,
@@ -65,6 +71,7 @@ impl Shared {
         reports: mpsc::UnboundedSender<Report>,
         finishes: mpsc::UnboundedSender<FinishRequest>,
     ) -> Shared {
+        let verdict_slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrency as usize));
         Shared {
             cfg,
             db,
@@ -76,6 +83,7 @@ impl Shared {
             reports,
             gates: Mutex::default(),
             slots_changed: Notify::new(),
+            verdict_slots,
             finishes,
             no_batch_finish: AtomicBool::new(false),
         }

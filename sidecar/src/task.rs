@@ -18,7 +18,7 @@ use crate::state::{Shared, Ticket};
 /// Starts work on a claimed job: wait for a slot under its vendor's
 /// concurrency limit, then probe it, or hand it straight back when the
 /// vendor's breaker is open. `permit` is the job's global slot, held until
-/// its verdict is written.
+/// the vendor has answered (then a verdict slot until the verdict is written).
 pub fn dispatch(
     sh: &Arc<Shared>,
     tracker: &TaskTracker,
@@ -34,20 +34,26 @@ pub fn dispatch(
             _ = sh.hard_stop.cancelled() => false,
         };
         if started {
-            admit(&sh, job, ticket, claimed_at).await;
+            admit(&sh, job, ticket, permit, claimed_at).await;
         } else {
             let lease = job.lease();
             drop(job);
             drop(ticket);
             hand_back(&sh, lease, 0, "released").await;
+            drop(permit);
         }
-        drop(permit);
         sh.slots_changed.notify_waiters();
     });
 }
 
 /// The breaker's say on a job that has its vendor slot.
-async fn admit(sh: &Arc<Shared>, job: Job, ticket: Ticket, claimed_at: Instant) {
+async fn admit(
+    sh: &Arc<Shared>,
+    job: Job,
+    ticket: Ticket,
+    permit: OwnedSemaphorePermit,
+    claimed_at: Instant,
+) {
     let vendor = job.vendor;
     let (admit, transition) = sh.breaker(vendor, |b| b.admit(std::time::Instant::now()));
     if let Some(t) = transition {
@@ -59,15 +65,26 @@ async fn admit(sh: &Arc<Shared>, job: Job, ticket: Ticket, claimed_at: Instant) 
             drop(job); // wipes the key: it will not be used
             drop(ticket);
             hand_back(sh, lease, whole_seconds(wait), "deferred").await;
+            drop(permit);
         }
         Admit::Probe | Admit::Trial => {
             let trial = admit == Admit::Trial;
-            process(sh, job, ticket, trial, sh.cfg.finish_deadline(claimed_at)).await;
+            let deadline = sh.cfg.finish_deadline(claimed_at);
+            process(sh, job, ticket, permit, trial, deadline).await;
         }
     }
 }
 
-async fn process(sh: &Arc<Shared>, mut job: Job, ticket: Ticket, trial: bool, deadline: Instant) {
+/// `permit` (the job's global slot) is held until the vendor has answered,
+/// then traded for a verdict slot (see `Shared::verdict_slots`).
+async fn process(
+    sh: &Arc<Shared>,
+    mut job: Job,
+    ticket: Ticket,
+    permit: OwnedSemaphorePermit,
+    trial: bool,
+    deadline: Instant,
+) {
     let lease = job.lease();
     let attempt = job.attempt;
     let key_id = job.key_id;
@@ -131,7 +148,16 @@ async fn process(sh: &Arc<Shared>, mut job: Job, ticket: Ticket, trial: bool, de
         retry_after_seconds: v.retry_after_seconds,
         vendor_account: res.vendor_account.clone(),
     };
+    let verdict_slot = sh
+        .verdict_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the verdict slots are never closed");
+    drop(permit);
+    sh.slots_changed.notify_waiters();
     finish(sh, &lease, &f, deadline).await;
+    drop(verdict_slot);
     if !v.vendor_fault {
         heartbeat(sh, vendor);
     }
