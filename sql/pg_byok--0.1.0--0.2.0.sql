@@ -2337,3 +2337,185 @@ $$;
 REVOKE ALL ON FUNCTION byok._rebuild_lost_queue() FROM PUBLIC;
 
 -- end of section: add_key speed
+-- pipeline: byok.finish_job sets the key's status and check in one UPDATE;
+-- byok.finish_jobs, many verdicts per call (both as in sql/queue.sql)
+CREATE OR REPLACE FUNCTION byok.finish_job(job_id bigint, lease_token uuid, outcome text, detail text DEFAULT NULL,
+                                http_status integer DEFAULT NULL, retry_after_seconds integer DEFAULT NULL,
+                                vendor_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    verdict text := lower(btrim(finish_job.outcome));
+    note text;
+    account text := byok._clean_text(finish_job.vendor_account, 'vendor_account', 200);
+    swap_note text;
+    j byok.jobs;
+    k byok.keys;
+    current_active byok.keys;
+    now_ts timestamptz;
+    checked boolean := false;
+BEGIN
+    PERFORM byok._require(finish_job.job_id, 'job_id');
+    PERFORM byok._require(finish_job.lease_token, 'lease_token');
+    PERFORM byok._require(finish_job.outcome, 'outcome');
+    IF verdict NOT IN ('valid', 'invalid', 'retry', 'unverified') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('unknown outcome %L', left(byok.redact(finish_job.outcome), 40)),
+            HINT = 'outcome is one of valid, invalid, retry, unverified.';
+    END IF;
+    IF finish_job.http_status IS NOT NULL AND finish_job.http_status NOT BETWEEN 100 AND 599 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'http_status must be between 100 and 599',
+            HINT = 'Pass the vendor''s HTTP status, or NULL when there was no answer.';
+    END IF;
+    IF finish_job.retry_after_seconds IS NOT NULL
+       AND finish_job.retry_after_seconds NOT BETWEEN 0 AND 86400 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'retry_after_seconds must be between 0 and 86400',
+            HINT = 'Pass the vendor''s Retry-After in seconds, or NULL.';
+    END IF;
+    -- Redact before cutting: a key cut in half would no longer look like one.
+    -- (The 64 kB bound only stops a runaway body; it is far past the cut.)
+    note := left(byok.redact(nullif(btrim(left(finish_job.detail, 65536)), '')), 1000);
+
+    SELECT * INTO j FROM byok.jobs WHERE id = finish_job.job_id FOR UPDATE;
+    IF NOT FOUND OR j.lease_token IS DISTINCT FROM finish_job.lease_token THEN
+        RAISE NOTICE 'pg_byok: lease token for job % is stale; nothing changed', finish_job.job_id
+            USING HINT = 'The lease ran out and the job was claimed again or finished elsewhere.';
+        RETURN 'stale';
+    END IF;
+    SELECT * INTO k FROM byok.keys WHERE id = j.key_id FOR UPDATE;
+
+    IF verdict = 'retry' AND j.attempts >= byok._max_attempts() THEN
+        verdict := 'unverified';
+        note := left(format('the vendor could not be reached after %s attempts%s', j.attempts,
+                            coalesce(': ' || note, '')), 1000);
+    END IF;
+
+    IF verdict = 'retry' THEN
+        UPDATE byok.jobs
+           SET run_after = clock_timestamp() + make_interval(
+                   secs => byok._retry_delay(j.attempts, finish_job.retry_after_seconds)),
+               lease_token = NULL, leased_by = NULL, last_error = note
+         WHERE id = j.id;
+        RETURN k.status;
+    END IF;
+
+    DELETE FROM byok.jobs WHERE id = j.id;
+    -- Key health (byok.key_health, and the schedule of
+    -- byok.enqueue_due_revalidations): when this check ended and how. Set
+    -- in the same UPDATE as the verdict's status (one row version, not two).
+    now_ts := clock_timestamp();
+
+    IF verdict = 'valid' THEN
+        -- Two keys of one (workspace, vendor) validated at the same moment
+        -- must not both find "no active key": serialise their activation.
+        PERFORM pg_advisory_xact_lock(hashtextextended('byok.activate:' || k.workspace_id || ':' || k.vendor, 0));
+        SELECT * INTO current_active FROM byok.keys
+         WHERE workspace_id = k.workspace_id AND vendor = k.vendor AND status = 'active' AND id <> k.id
+         FOR UPDATE;
+        IF FOUND AND current_active.created_at > k.created_at THEN
+            -- A newer key is already serving: this older one is superseded at once.
+            PERFORM byok._revoke(ARRAY[k.id], NULL,
+                format('rotated: superseded by newer key %s', current_active.masked), 'rotated');
+        ELSE
+            IF FOUND THEN
+                -- A replacement from another vendor account is usually a
+                -- paste from the wrong console: flagged, never refused.
+                IF account IS NOT NULL AND current_active.vendor_account IS NOT NULL
+                   AND account <> current_active.vendor_account THEN
+                    swap_note := format('vendor account changed: %s replaces key %s of account %s',
+                                        account, current_active.masked, current_active.vendor_account);
+                END IF;
+                PERFORM byok._revoke(ARRAY[current_active.id], NULL,
+                    format('rotated: superseded by key %s', k.masked), 'rotated');
+                PERFORM byok._audit('rotate', k.id, k.workspace_id, k.vendor,
+                    CASE WHEN swap_note IS NULL THEN 'active' ELSE 'account_changed' END,
+                    concat_ws('; ', format('replaces key %s', current_active.masked), swap_note));
+            END IF;
+            UPDATE byok.keys SET status = 'active', validated_at = now_ts,
+                   status_detail = left(concat_ws('; ', swap_note, note), 1000),
+                   vendor_account = coalesce(account, vendor_account),
+                   checked_at = now_ts, check_outcome = verdict
+             WHERE id = k.id
+            RETURNING * INTO k;
+            checked := true;
+        END IF;
+    ELSIF verdict = 'invalid' THEN
+        UPDATE byok.keys SET status = 'invalid', ciphertext = NULL,
+               status_detail = coalesce(note, 'the vendor rejected the key'),
+               checked_at = now_ts, check_outcome = verdict
+         WHERE id = k.id
+        RETURNING * INTO k;
+        checked := true;
+    ELSIF k.status <> 'active' THEN  -- unverified; an active key being re-checked keeps serving
+        UPDATE byok.keys SET status = 'unverified', status_detail = note,
+               checked_at = now_ts, check_outcome = verdict
+         WHERE id = k.id
+        RETURNING * INTO k;
+        checked := true;
+    END IF;
+    IF NOT checked THEN  -- superseded at once, or an active key kept serving
+        UPDATE byok.keys SET checked_at = now_ts, check_outcome = verdict
+         WHERE id = k.id
+        RETURNING * INTO k;
+    END IF;
+    PERFORM byok._audit('validate', k.id, k.workspace_id, k.vendor, verdict,
+        concat_ws(' ', 'http ' || finish_job.http_status, note,
+                  '(account ' || account || ')'));
+    RETURN k.status;
+END
+$$;
+-- Many verdicts in one call (0.2.0): one round trip and one commit for a
+-- whole batch instead of one per job, which is what bounds a sidecar's
+-- throughput against a fast vendor. Each verdict is exactly finish_job's
+-- (same lease-token check, same key transitions, same audit row); the
+-- arrays are parallel, one element per job. Applied in the order of the
+-- keys' (workspace, vendor), the order finish_job's activation lock and
+-- key-row locks are taken in, so two sidecars' batches never deadlock on
+-- each other. An error in one verdict fails the whole call (nothing is
+-- written): the sidecar then records that batch's verdicts one by one.
+CREATE FUNCTION byok.finish_jobs(job_ids bigint[], lease_tokens uuid[], outcomes text[],
+                                 details text[] DEFAULT NULL, http_statuses integer[] DEFAULT NULL,
+                                 retry_after_seconds integer[] DEFAULT NULL,
+                                 vendor_accounts text[] DEFAULT NULL)
+RETURNS TABLE(job_id bigint, status text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    n integer := cardinality(finish_jobs.job_ids);
+    i integer;
+BEGIN
+    PERFORM byok._require(finish_jobs.job_ids, 'job_ids');
+    IF n > 1000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'at most 1000 verdicts per call',
+            HINT = 'Split the batch.';
+    END IF;
+    IF cardinality(finish_jobs.lease_tokens) IS DISTINCT FROM n
+       OR cardinality(finish_jobs.outcomes) IS DISTINCT FROM n
+       OR coalesce(cardinality(finish_jobs.details), n) <> n
+       OR coalesce(cardinality(finish_jobs.http_statuses), n) <> n
+       OR coalesce(cardinality(finish_jobs.retry_after_seconds), n) <> n
+       OR coalesce(cardinality(finish_jobs.vendor_accounts), n) <> n THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'the arrays must all have one element per job',
+            HINT = 'Pass job_ids, lease_tokens and outcomes (and any optional array) of equal length.';
+    END IF;
+    FOR i IN
+        SELECT a.i FROM generate_subscripts(finish_jobs.job_ids, 1) AS a(i)
+          LEFT JOIN byok.jobs j ON j.id = finish_jobs.job_ids[a.i]
+          LEFT JOIN byok.keys k ON k.id = j.key_id
+         ORDER BY k.workspace_id, k.vendor, k.id, a.i
+    LOOP
+        job_id := finish_jobs.job_ids[i];
+        status := byok.finish_job(finish_jobs.job_ids[i], finish_jobs.lease_tokens[i], finish_jobs.outcomes[i],
+                                  finish_jobs.details[i], finish_jobs.http_statuses[i],
+                                  finish_jobs.retry_after_seconds[i], finish_jobs.vendor_accounts[i]);
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION byok.finish_jobs(bigint[], uuid[], text[], text[], integer[], integer[], text[]) IS
+    'Record many validation verdicts in one call (finish_job for each); returns each job''s key status, or ''stale''';
+REVOKE ALL ON FUNCTION byok.finish_jobs(bigint[], uuid[], text[], text[], integer[], integer[], text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION byok.finish_jobs(bigint[], uuid[], text[], text[], integer[], integer[], text[]) TO byok_worker;
+
+-- end of section: pipeline

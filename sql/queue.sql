@@ -140,6 +140,8 @@ DECLARE
     j byok.jobs;
     k byok.keys;
     current_active byok.keys;
+    now_ts timestamptz;
+    checked boolean := false;
 BEGIN
     PERFORM byok._require(finish_job.job_id, 'job_id');
     PERFORM byok._require(finish_job.lease_token, 'lease_token');
@@ -186,6 +188,10 @@ BEGIN
     END IF;
 
     DELETE FROM byok.jobs WHERE id = j.id;
+    -- Key health (byok.key_health, and the schedule of
+    -- byok.enqueue_due_revalidations): when this check ended and how. Set
+    -- in the same UPDATE as the verdict's status (one row version, not two).
+    now_ts := clock_timestamp();
 
     IF verdict = 'valid' THEN
         -- Two keys of one (workspace, vendor) validated at the same moment
@@ -213,24 +219,33 @@ BEGIN
                     CASE WHEN swap_note IS NULL THEN 'active' ELSE 'account_changed' END,
                     concat_ws('; ', format('replaces key %s', current_active.masked), swap_note));
             END IF;
-            UPDATE byok.keys SET status = 'active', validated_at = clock_timestamp(),
+            UPDATE byok.keys SET status = 'active', validated_at = now_ts,
                    status_detail = left(concat_ws('; ', swap_note, note), 1000),
-                   vendor_account = coalesce(account, vendor_account)
-             WHERE id = k.id;
+                   vendor_account = coalesce(account, vendor_account),
+                   checked_at = now_ts, check_outcome = verdict
+             WHERE id = k.id
+            RETURNING * INTO k;
+            checked := true;
         END IF;
     ELSIF verdict = 'invalid' THEN
         UPDATE byok.keys SET status = 'invalid', ciphertext = NULL,
-               status_detail = coalesce(note, 'the vendor rejected the key')
-         WHERE id = k.id;
+               status_detail = coalesce(note, 'the vendor rejected the key'),
+               checked_at = now_ts, check_outcome = verdict
+         WHERE id = k.id
+        RETURNING * INTO k;
+        checked := true;
     ELSIF k.status <> 'active' THEN  -- unverified; an active key being re-checked keeps serving
-        UPDATE byok.keys SET status = 'unverified', status_detail = note WHERE id = k.id;
+        UPDATE byok.keys SET status = 'unverified', status_detail = note,
+               checked_at = now_ts, check_outcome = verdict
+         WHERE id = k.id
+        RETURNING * INTO k;
+        checked := true;
     END IF;
-
-    -- Key health: when this check ended and how (byok.key_health, and the
-    -- schedule of byok.enqueue_due_revalidations).
-    UPDATE byok.keys SET checked_at = clock_timestamp(), check_outcome = verdict
-     WHERE id = k.id
-    RETURNING * INTO k;
+    IF NOT checked THEN  -- superseded at once, or an active key kept serving
+        UPDATE byok.keys SET checked_at = now_ts, check_outcome = verdict
+         WHERE id = k.id
+        RETURNING * INTO k;
+    END IF;
     PERFORM byok._audit('validate', k.id, k.workspace_id, k.vendor, verdict,
         concat_ws(' ', 'http ' || finish_job.http_status, note,
                   '(account ' || account || ')'));
@@ -239,6 +254,59 @@ END
 $$;
 COMMENT ON FUNCTION byok.finish_job(bigint, uuid, text, text, integer, integer, text) IS
     'Record a validation verdict under a lease token; returns the key''s new status, or ''stale''';
+
+-- Many verdicts in one call (0.2.0): one round trip and one commit for a
+-- whole batch instead of one per job, which is what bounds a sidecar's
+-- throughput against a fast vendor. Each verdict is exactly finish_job's
+-- (same lease-token check, same key transitions, same audit row); the
+-- arrays are parallel, one element per job. Applied in the order of the
+-- keys' (workspace, vendor), the order finish_job's activation lock and
+-- key-row locks are taken in, so two sidecars' batches never deadlock on
+-- each other. An error in one verdict fails the whole call (nothing is
+-- written): the sidecar then records that batch's verdicts one by one.
+CREATE FUNCTION byok.finish_jobs(job_ids bigint[], lease_tokens uuid[], outcomes text[],
+                                 details text[] DEFAULT NULL, http_statuses integer[] DEFAULT NULL,
+                                 retry_after_seconds integer[] DEFAULT NULL,
+                                 vendor_accounts text[] DEFAULT NULL)
+RETURNS TABLE(job_id bigint, status text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    n integer := cardinality(finish_jobs.job_ids);
+    i integer;
+BEGIN
+    PERFORM byok._require(finish_jobs.job_ids, 'job_ids');
+    IF n > 1000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'at most 1000 verdicts per call',
+            HINT = 'Split the batch.';
+    END IF;
+    IF cardinality(finish_jobs.lease_tokens) IS DISTINCT FROM n
+       OR cardinality(finish_jobs.outcomes) IS DISTINCT FROM n
+       OR coalesce(cardinality(finish_jobs.details), n) <> n
+       OR coalesce(cardinality(finish_jobs.http_statuses), n) <> n
+       OR coalesce(cardinality(finish_jobs.retry_after_seconds), n) <> n
+       OR coalesce(cardinality(finish_jobs.vendor_accounts), n) <> n THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'the arrays must all have one element per job',
+            HINT = 'Pass job_ids, lease_tokens and outcomes (and any optional array) of equal length.';
+    END IF;
+    FOR i IN
+        SELECT a.i FROM generate_subscripts(finish_jobs.job_ids, 1) AS a(i)
+          LEFT JOIN byok.jobs j ON j.id = finish_jobs.job_ids[a.i]
+          LEFT JOIN byok.keys k ON k.id = j.key_id
+         ORDER BY k.workspace_id, k.vendor, k.id, a.i
+    LOOP
+        job_id := finish_jobs.job_ids[i];
+        status := byok.finish_job(finish_jobs.job_ids[i], finish_jobs.lease_tokens[i], finish_jobs.outcomes[i],
+                                  finish_jobs.details[i], finish_jobs.http_statuses[i],
+                                  finish_jobs.retry_after_seconds[i], finish_jobs.vendor_accounts[i]);
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION byok.finish_jobs(bigint[], uuid[], text[], text[], integer[], integer[], text[]) IS
+    'Record many validation verdicts in one call (finish_job for each); returns each job''s key status, or ''stale''';
+REVOKE ALL ON FUNCTION byok.finish_jobs(bigint[], uuid[], text[], text[], integer[], integer[], text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION byok.finish_jobs(bigint[], uuid[], text[], text[], integer[], integer[], text[]) TO byok_worker;
 
 -- Circuit breaker support: push a vendor's ready jobs back without counting
 -- an attempt (the vendor is down, not the keys).

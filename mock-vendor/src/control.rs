@@ -92,6 +92,21 @@ pub(crate) async fn key(State(state): State<MockState>, Json(k): Json<KeyControl
     (StatusCode::OK, "ok\n").into_response()
 }
 
+/// Body of `POST /__mock/latency`.
+#[derive(Debug, Deserialize)]
+pub struct Latency {
+    pub ms: u64,
+}
+
+pub(crate) async fn latency(State(state): State<MockState>, Json(l): Json<Latency>) -> Response {
+    if l.ms > 600_000 {
+        return (StatusCode::BAD_REQUEST, "ms must be 0-600000\n").into_response();
+    }
+    state.set_latency(Duration::from_millis(l.ms));
+    tracing::info!(ms = l.ms, "latency set");
+    (StatusCode::OK, "ok\n").into_response()
+}
+
 pub(crate) async fn stats(State(state): State<MockState>) -> Json<Stats> {
     Json(state.stats())
 }

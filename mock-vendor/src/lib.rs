@@ -18,7 +18,10 @@
 //!   keys of that vendor ending in `suffix` are refused with 401 from now on
 //!   (`refuse`, as after a revocation in the vendor's console) and/or answered
 //!   naming `account` (default `org-mock-default`);
-//! - `GET /__mock/stats`: request counts and the last malformed-request reasons;
+//! - `POST /__mock/latency {"ms":150}`: every vendor call answers that much
+//!   later (also `--latency-ms`; a benchmark's stand-in for a real round trip);
+//! - `GET /__mock/stats`: request counts, the last malformed-request reasons,
+//!   and the vendor calls in flight now and at most (`peak_in_flight`);
 //! - `POST /__mock/reset`: clears outages, key scripts and counters.
 //!
 //! Every answer but a 401 names the account behind the key, as the vendors
@@ -59,6 +62,7 @@ pub fn router(state: MockState) -> Router {
         .route("/openai/v1/chat/completions", post(openai::chat))
         .route("/__mock/outage", post(control::outage))
         .route("/__mock/key", post(control::key))
+        .route("/__mock/latency", post(control::latency))
         .route("/__mock/stats", get(control::stats))
         .route("/__mock/reset", post(control::reset))
         .fallback(control::not_found)

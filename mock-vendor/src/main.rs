@@ -21,6 +21,10 @@ struct Args {
     /// Delay of keys marked `mockslow`, milliseconds.
     #[arg(long, default_value_t = 1500)]
     slow_ms: u64,
+    /// Latency added to every vendor call, milliseconds (benchmarks: a
+    /// stand-in for the vendor's round trip).
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
     /// How long keys marked `mockhang` hang before answering, seconds.
     #[arg(long, default_value_t = 300)]
     hang_seconds: u64,
@@ -64,6 +68,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    handle
+        .state
+        .set_latency(Duration::from_millis(args.latency_ms));
     println!("mock-vendor listening on http://{}", handle.addr);
     tracing::info!(
         anthropic = %handle.anthropic_base(),

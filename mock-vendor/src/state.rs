@@ -1,6 +1,7 @@
 //! One mock server's shared state, and what every vendor endpoint does
 //! before its own answer (scripted outages, latency, hangs, resets).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,11 @@ pub struct MockState(Arc<Shared>);
 struct Shared {
     slow: Duration,
     hang: Duration,
+    /// Added to every vendor call (the `--latency-ms` of a benchmark), ms.
+    latency_ms: AtomicU64,
+    /// Vendor calls being answered now, and the most seen at once.
+    in_flight: AtomicU64,
+    peak_in_flight: AtomicU64,
     outages: Mutex<Vec<(Vendor, u16, Instant)>>,
     keys: Mutex<Vec<KeyScript>>,
     stats: Mutex<Stats>,
@@ -44,6 +50,9 @@ impl MockState {
         MockState(Arc::new(Shared {
             slow,
             hang,
+            latency_ms: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            peak_in_flight: AtomicU64::new(0),
             outages: Mutex::default(),
             keys: Mutex::default(),
             stats: Mutex::default(),
@@ -85,8 +94,19 @@ impl MockState {
         (behaviour, account)
     }
 
+    /// Every vendor call answers `latency` later than it would (a
+    /// benchmark's stand-in for a vendor's round trip).
+    pub fn set_latency(&self, latency: Duration) {
+        let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        self.0.latency_ms.store(ms, Ordering::Relaxed);
+    }
+
     pub(crate) fn stats(&self) -> Stats {
-        self.0.stats.lock().unwrap().clone()
+        let mut s = self.0.stats.lock().unwrap().clone();
+        s.in_flight = self.0.in_flight.load(Ordering::Relaxed);
+        s.peak_in_flight = self.0.peak_in_flight.load(Ordering::Relaxed);
+        s.latency_ms = self.0.latency_ms.load(Ordering::Relaxed);
+        s
     }
 
     /// Clears outages and counters.
@@ -94,6 +114,9 @@ impl MockState {
         self.0.outages.lock().unwrap().clear();
         self.0.keys.lock().unwrap().clear();
         *self.0.stats.lock().unwrap() = Stats::default();
+        self.0
+            .peak_in_flight
+            .store(self.0.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     fn outage(&self, vendor: Vendor) -> Option<u16> {
@@ -121,6 +144,23 @@ impl MockState {
     }
 }
 
+/// Counts one vendor call as in flight while it lives.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> InFlight<'a> {
+        let now = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        shared.peak_in_flight.fetch_max(now, Ordering::Relaxed);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Per-connection switch a handler flips to reset its TCP connection.
 #[derive(Clone)]
 pub(crate) struct KillSwitch(pub(crate) CancellationToken);
@@ -134,13 +174,19 @@ pub(crate) enum Gate {
 }
 
 /// Applies the behaviours both vendors share (outages, latency, hangs,
-/// resets); what is left is answered by the vendor module.
+/// resets); what is left is answered by the vendor module. The call counts
+/// as in flight (stats' `peak_in_flight`) until its answer is decided.
 pub(crate) async fn gate(
     state: &MockState,
     kill: &KillSwitch,
     vendor: Vendor,
     behaviour: Behaviour,
 ) -> Gate {
+    let _in_flight = InFlight::enter(&state.0);
+    let latency = state.0.latency_ms.load(Ordering::Relaxed);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
     if let Some(status) = state.outage(vendor) {
         state.count(vendor, "outage");
         return Gate::Outage(status);

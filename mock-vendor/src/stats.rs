@@ -18,6 +18,16 @@ pub struct Stats {
     pub malformed: BTreeMap<String, u64>,
     /// Why, newest last.
     pub malformed_reasons: Vec<String>,
+    /// Vendor calls being answered at the moment of the snapshot.
+    #[serde(default)]
+    pub in_flight: u64,
+    /// The most vendor calls answered at once since the start (or the
+    /// last reset): how much concurrency a client really used.
+    #[serde(default)]
+    pub peak_in_flight: u64,
+    /// The latency added to every call (`--latency-ms`, `POST /__mock/latency`).
+    #[serde(default)]
+    pub latency_ms: u64,
 }
 
 impl Stats {

@@ -304,3 +304,48 @@ async fn scripted_keys_are_refused_later_and_name_their_account() {
         "reset clears scripts"
     );
 }
+
+#[tokio::test]
+async fn latency_delays_every_call_and_peak_in_flight_counts_them() {
+    let m = mock().await;
+    let c = reqwest::Client::new();
+    let set = c
+        .post(format!("http://{}/__mock/latency", m.addr))
+        .json(&json!({"ms": 200}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200);
+    let url = format!("{}/v1/models", m.openai_base());
+    let started = std::time::Instant::now();
+    let calls = (0..5).map(|_| c.get(&url).bearer_auth(openai_key("")).send());
+    for r in futures_join_all(calls).await {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    let s = stats(&m).await;
+    assert_eq!((s.latency_ms, s.in_flight, s.peak_in_flight), (200, 0, 5));
+    let too_long = c
+        .post(format!("http://{}/__mock/latency", m.addr))
+        .json(&json!({"ms": 600_001}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_long.status(), 400);
+}
+
+/// Runs the calls at once (five concurrent requests, without a futures crate).
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    calls: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = calls.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}

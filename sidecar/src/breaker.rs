@@ -188,6 +188,23 @@ impl Breaker {
         }
     }
 
+    /// How many calls this breaker lets be in flight now: `None` when
+    /// closed (no cap: the concurrency limiter decides), `Some(0)` while
+    /// open or while a half-open trial is out, `Some(1)` when the next job
+    /// would be the trial (the open interval is over, or a trial's answer
+    /// never came). Mirrors [`Breaker::admit`], without changing state.
+    pub fn allowance(&self, now: Instant) -> Option<u32> {
+        match self.inner {
+            Inner::Closed { .. } => None,
+            Inner::Open { until } => Some(u32::from(now >= until)),
+            Inner::HalfOpen { trial_since } => {
+                Some(u32::from(trial_since.is_none_or(|since| {
+                    now.duration_since(since) >= self.settings.open_for
+                })))
+            }
+        }
+    }
+
     /// Time left while open (zero otherwise).
     pub fn open_remaining(&self, now: Instant) -> Duration {
         match self.inner {

@@ -98,9 +98,14 @@ pub struct Cli {
     #[arg(long, env = "BYOK_OPENAI_MODEL", default_value = "gpt-4o-mini")]
     pub openai_model: String,
 
-    /// Vendor calls in flight at once; also the most jobs claimed per batch.
-    #[arg(long, env = "BYOK_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub concurrency: u32,
+    /// Ceiling on vendor calls in flight, all vendors together (also the
+    /// most jobs claimed at once; as many answered jobs may wait for their
+    /// verdicts to be written). Below it each vendor's own limit
+    /// adapts to its latency and errors (see the README: the limiter), and
+    /// its circuit breaker caps it further. `--concurrency` is the 0.1.0
+    /// name (then a fixed number of calls, default 8).
+    #[arg(long, alias = "concurrency", env = "BYOK_MAX_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_concurrency: u32,
 
     /// Lease on a claimed job, seconds; a sidecar that dies loses its jobs to
     /// others after this. Must exceed the request timeout by 5 s or more.
@@ -192,8 +197,8 @@ pub struct Config {
     pub worker: String,
     pub anthropic: Target,
     pub openai: Target,
-    /// Vendor calls in flight at once (1..=256).
-    pub concurrency: u32,
+    /// Ceiling on vendor calls in flight, all vendors together (1..=1000).
+    pub max_concurrency: u32,
     /// Lease on a claimed job, whole seconds (what `claim_jobs` takes).
     pub lease_seconds: u32,
     pub poll_interval: Duration,
@@ -271,7 +276,7 @@ impl Config {
                 &cli.anthropic_model,
             ),
             openai: Target::new(&cli.openai_base_url, cli.openai_probe, &cli.openai_model),
-            concurrency: cli.concurrency,
+            max_concurrency: cli.max_concurrency,
             lease_seconds: cli.lease_seconds,
             poll_interval: seconds("--poll-interval", cli.poll_interval, false)?,
             grace_period: seconds("--grace-period", cli.grace_period, true)?,

@@ -28,7 +28,7 @@ fn defaults_are_sane() {
         c.openai,
         Target::new("https://api.openai.com", Probe::Completion, "gpt-4o-mini")
     );
-    assert_eq!(c.concurrency, 8);
+    assert_eq!(c.max_concurrency, 256);
     assert_eq!(c.lease_seconds, 60);
     assert_eq!(c.request_timeout, Duration::from_secs(15));
     assert_eq!(c.metrics_addr, Some("127.0.0.1:9187".parse().unwrap()));
@@ -82,7 +82,7 @@ fn flags_override_defaults() {
         Target::new("http://127.0.0.1:1", Probe::Models, "claude-x")
     );
     assert_eq!(c.openai.probe, Probe::Models);
-    assert_eq!(c.concurrency, 3);
+    assert_eq!(c.max_concurrency, 3);
     assert_eq!(c.lease_seconds, 30);
     assert_eq!(c.request_timeout, Duration::from_millis(2500));
     assert_eq!(c.poll_interval, Duration::from_millis(200));
@@ -97,7 +97,9 @@ fn refuses_bad_values() {
         .err()
         .unwrap()
         .contains("lease"));
-    assert!(parse(&["--concurrency", "0"]).is_err());
+    assert!(
+        parse(&["--concurrency", "0"]).is_err() && parse(&["--max-concurrency", "1001"]).is_err()
+    );
     assert!(parse(&["--anthropic-probe", "chat"]).is_err());
     assert!(parse(&["--poll-interval", "-1"]).is_err());
     assert!(parse(&["--request-timeout", "nan"]).is_err());
@@ -147,7 +149,7 @@ fn help_documents_every_setting() {
         "--openai-probe",
         "--anthropic-model",
         "--openai-model",
-        "--concurrency",
+        "--max-concurrency",
         "--lease-seconds",
         "--poll-interval",
         "--request-timeout",

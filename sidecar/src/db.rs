@@ -1,7 +1,10 @@
-//! The database side: one connection, kept alive by a supervisor that
-//! reconnects with capped, jittered backoff (Postgres restarts,
-//! `pg_terminate_backend`, network blips), LISTENs on `byok_jobs`, and
-//! publishes the current client to everyone who needs it.
+//! The database side: connections kept alive by supervisors that reconnect
+//! with capped, jittered backoff (Postgres restarts, `pg_terminate_backend`,
+//! network blips) and publish the current client to everyone who needs it.
+//! The main connection LISTENs on `byok_jobs` and carries the claims and
+//! the side traffic; a second one writes the verdicts in batches
+//! (`finish_jobs`), so a claim's decryption and a batch's commit run on two
+//! backends at once.
 //!
 //! Every call is a single autocommit statement: no transaction is ever open
 //! while a vendor call is in flight.
@@ -12,7 +15,7 @@ use std::time::Duration;
 use byok_core::Vendor;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
-use tokio_postgres::{AsyncMessage, Client};
+use tokio_postgres::{AsyncMessage, Client, Statement, ToStatement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -43,8 +46,9 @@ impl Db {
     }
 }
 
-/// Starts the supervisor; it runs until `stop` fires. `wake` is notified on
-/// every NOTIFY and after every reconnect (jobs may have queued meanwhile).
+/// Starts the main connection's supervisor; it runs until `stop` fires.
+/// `wake` is notified on every NOTIFY and after every reconnect (jobs may
+/// have queued meanwhile). Its state is the `db_connected` gauge.
 pub fn supervise(
     url: String,
     tls: MakeRustlsConnect,
@@ -52,27 +56,53 @@ pub fn supervise(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> Db {
+    supervise_conn(url, tls, Some((wake, metrics)), stop)
+}
+
+/// Starts the supervisor of an extra connection (no LISTEN, no gauge): the
+/// verdict writer's.
+pub fn supervise_extra(url: String, tls: MakeRustlsConnect, stop: CancellationToken) -> Db {
+    supervise_conn(url, tls, None, stop)
+}
+
+fn supervise_conn(
+    url: String,
+    tls: MakeRustlsConnect,
+    main: Option<(Arc<Notify>, Arc<Metrics>)>,
+    stop: CancellationToken,
+) -> Db {
     let (tx, rx) = watch::channel(None);
+    let wake = main.as_ref().map(|(w, _)| w.clone());
+    let metrics = main.map(|(_, m)| m);
     tokio::spawn(async move {
         let mut failures: u32 = 0;
         let mut connected_once = false;
         while !stop.is_cancelled() {
             match connect(&url, tls.clone(), wake.clone()).await {
                 Ok((client, driver)) => {
-                    if connected_once {
-                        metrics.db_reconnect();
+                    if let Some(m) = &metrics {
+                        if connected_once {
+                            m.db_reconnect();
+                        }
+                        m.set_db_connected(true);
                     }
                     connected_once = true;
                     failures = 0;
-                    tracing::info!("database connected; listening on {CHANNEL}");
-                    metrics.set_db_connected(true);
+                    match &wake {
+                        Some(_) => tracing::info!("database connected; listening on {CHANNEL}"),
+                        None => tracing::debug!("extra database connection up"),
+                    }
                     tx.send_replace(Some(Arc::new(client)));
-                    wake.notify_one();
+                    if let Some(w) = &wake {
+                        w.notify_one();
+                    }
                     tokio::select! {
                         _ = driver => tracing::warn!("database connection lost; reconnecting"),
                         _ = stop.cancelled() => {}
                     }
-                    metrics.set_db_connected(false);
+                    if let Some(m) = &metrics {
+                        m.set_db_connected(false);
+                    }
                     tx.send_replace(None);
                 }
                 Err(e) => {
@@ -101,8 +131,9 @@ pub fn reconnect_delay(failures: u32) -> Duration {
 async fn connect(
     url: &str,
     tls: MakeRustlsConnect,
-    wake: Arc<Notify>,
+    wake: Option<Arc<Notify>>,
 ) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+    let listen = wake.is_some();
     let mut config: tokio_postgres::Config = crate::db_tls::accept_verify_modes(url).parse()?;
     config.application_name("byok-sidecar");
     config.connect_timeout(Duration::from_secs(5));
@@ -111,7 +142,11 @@ async fn connect(
     let driver = tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
+                Some(Ok(AsyncMessage::Notification(_))) => {
+                    if let Some(w) = &wake {
+                        w.notify_one();
+                    }
+                }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "database connection error");
@@ -122,22 +157,32 @@ async fn connect(
         }
     });
     // A stuck statement must not hold a job past its lease.
-    client
-        .batch_execute(&format!("SET statement_timeout = '30s'; LISTEN {CHANNEL}"))
-        .await?;
+    let setup = if listen {
+        format!("SET statement_timeout = '30s'; LISTEN {CHANNEL}")
+    } else {
+        "SET statement_timeout = '30s'".to_owned()
+    };
+    client.batch_execute(&setup).await?;
     Ok((client, driver))
 }
 
-/// `byok.claim_jobs`. Unknown vendors (never expected) are skipped.
-pub async fn claim(
+/// `byok.claim_jobs`' call (prepare it once per connection: see [`Prepared`]).
+pub const CLAIM_SQL: &str =
+    "SELECT job_id, key_id, workspace_id, vendor, api_key, attempt, lease_token \
+                             FROM byok.claim_jobs($1, $2, $3)";
+
+/// `byok.claim_jobs`. Unknown vendors (never expected) are skipped. `client`
+/// may be a `Client` or a prepared [`Statement`] on it (see [`Prepared`]).
+pub async fn claim<S: ToStatement + ?Sized>(
     client: &Client,
+    statement: &S,
     worker: &str,
     max: u32,
     lease_seconds: u32,
 ) -> Result<Vec<Job>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT job_id, key_id, workspace_id, vendor, api_key, attempt, lease_token FROM byok.claim_jobs($1, $2, $3)",
+            statement,
             &[&worker, &(max as i32), &(lease_seconds as i32)],
         )
         .await?;
@@ -223,6 +268,81 @@ pub async fn finish(
         }
     };
     Ok(row.get::<_, Option<String>>(0).unwrap_or_default())
+}
+
+/// One verdict for the verdict writer (`finisher`). The answer is the
+/// key's new status (or `stale`), or `None`: write it yourself.
+pub struct FinishRequest {
+    pub lease: Lease,
+    pub finish: Finish,
+    pub reply: tokio::sync::oneshot::Sender<Option<String>>,
+}
+
+/// `byok.finish_jobs` (0.2.0): many verdicts in one call and one commit.
+pub const FINISH_BATCH_SQL: &str =
+    "SELECT job_id, status FROM byok.finish_jobs($1, $2, $3, $4, $5, $6, $7)";
+
+/// Writes `batch` with one `finish_jobs` call; returns each job's key
+/// status (or `stale`) by job id.
+pub async fn finish_batch<S: ToStatement + ?Sized>(
+    client: &Client,
+    statement: &S,
+    batch: &[(Lease, &Finish)],
+) -> Result<Vec<(i64, String)>, tokio_postgres::Error> {
+    let ids: Vec<i64> = batch.iter().map(|(l, _)| l.job_id).collect();
+    let tokens: Vec<Uuid> = batch.iter().map(|(l, _)| l.lease_token).collect();
+    let outcomes: Vec<&str> = batch.iter().map(|(_, f)| f.outcome).collect();
+    let details: Vec<&str> = batch.iter().map(|(_, f)| f.detail.as_str()).collect();
+    let statuses: Vec<Option<i32>> = batch
+        .iter()
+        .map(|(_, f)| f.http_status.map(i32::from))
+        .collect();
+    let retry: Vec<Option<i32>> = batch
+        .iter()
+        .map(|(_, f)| f.retry_after_seconds.map(|s| s.min(86_400) as i32))
+        .collect();
+    let accounts: Vec<Option<&str>> = batch
+        .iter()
+        .map(|(_, f)| f.vendor_account.as_deref())
+        .collect();
+    let rows = client
+        .query(
+            statement,
+            &[
+                &ids, &tokens, &outcomes, &details, &statuses, &retry, &accounts,
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, Option<String>>(1).unwrap_or_default()))
+        .collect())
+}
+
+/// A statement prepared on one connection, prepared again when the
+/// connection is replaced (a reconnect): saves the parse round trip on the
+/// hot path.
+#[derive(Default)]
+pub struct Prepared {
+    on: Option<(Arc<Client>, Statement)>,
+}
+
+impl Prepared {
+    /// The statement for `sql` on `client`, preparing it if needed.
+    pub async fn get(
+        &mut self,
+        client: &Arc<Client>,
+        sql: &str,
+    ) -> Result<Statement, tokio_postgres::Error> {
+        if let Some((c, st)) = &self.on {
+            if Arc::ptr_eq(c, client) {
+                return Ok(st.clone());
+            }
+        }
+        let st = client.prepare(sql).await?;
+        self.on = Some((client.clone(), st.clone()));
+        Ok(st)
+    }
 }
 
 /// `byok.enqueue_due_revalidations`: how many active keys were queued for

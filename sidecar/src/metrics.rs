@@ -29,6 +29,7 @@ pub struct Metrics {
     jobs: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     latency: Mutex<BTreeMap<&'static str, Histogram>>,
     breaker: Mutex<BTreeMap<&'static str, i64>>,
+    limit: Mutex<BTreeMap<&'static str, i64>>,
     queue: Mutex<BTreeMap<(&'static str, &'static str), i64>>,
     in_flight: AtomicI64,
     db_connected: AtomicBool,
@@ -64,6 +65,11 @@ impl Metrics {
 
     pub fn breaker_state(&self, vendor: Vendor, gauge: i64) {
         self.breaker.lock().unwrap().insert(vendor.as_str(), gauge);
+    }
+
+    /// A vendor's adaptive concurrency limit (see `limiter`).
+    pub fn concurrency_limit(&self, vendor: Vendor, limit: i64) {
+        self.limit.lock().unwrap().insert(vendor.as_str(), limit);
     }
 
     /// Queue depth per vendor and state (ready, leased, waiting).
@@ -160,6 +166,18 @@ impl Metrics {
                 out,
                 "byok_sidecar_breaker_state{{vendor=\"{}\"}} {state}",
                 vendor.as_str()
+            );
+        }
+        header(
+            &mut out,
+            "byok_sidecar_concurrency_limit",
+            "gauge",
+            "Vendor calls the adaptive limiter allows in flight, per vendor (before the breaker's cap).",
+        );
+        for (vendor, n) in self.limit.lock().unwrap().iter() {
+            let _ = writeln!(
+                out,
+                "byok_sidecar_concurrency_limit{{vendor=\"{vendor}\"}} {n}"
             );
         }
         header(

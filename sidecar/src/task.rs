@@ -1,25 +1,56 @@
-//! One claimed job, from the breaker's admission to the write-back.
+//! One claimed job, from its vendor slot and the breaker's admission to
+//! the write-back.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use byok_core::Vendor;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::breaker::{Admit, State, Transition};
-use crate::db::{self, Finish};
+use crate::db::{self, Finish, FinishRequest};
 use crate::job::{Job, Lease};
 use crate::report::Report;
-use crate::state::Shared;
+use crate::state::{Shared, Ticket};
 
-/// Starts work on a claimed job: probe it, or hand it straight back when
-/// the vendor's breaker is open.
+/// Starts work on a claimed job: wait for a slot under its vendor's
+/// concurrency limit, then probe it, or hand it straight back when the
+/// vendor's breaker is open. `permit` is the job's global slot, held until
+/// the vendor has answered (then a verdict slot until the verdict is written).
 pub fn dispatch(
     sh: &Arc<Shared>,
     tracker: &TaskTracker,
     job: Job,
+    permit: OwnedSemaphorePermit,
+    claimed_at: Instant,
+) {
+    let mut ticket = sh.hold(job.vendor);
+    let sh = sh.clone();
+    tracker.spawn(async move {
+        let started = tokio::select! {
+            _ = ticket.start() => true,
+            _ = sh.hard_stop.cancelled() => false,
+        };
+        if started {
+            admit(&sh, job, ticket, permit, claimed_at).await;
+        } else {
+            let lease = job.lease();
+            drop(job);
+            drop(ticket);
+            hand_back(&sh, lease, 0, "released").await;
+            drop(permit);
+        }
+        sh.slots_changed.notify_waiters();
+    });
+}
+
+/// The breaker's say on a job that has its vendor slot.
+async fn admit(
+    sh: &Arc<Shared>,
+    job: Job,
+    ticket: Ticket,
     permit: OwnedSemaphorePermit,
     claimed_at: Instant,
 ) {
@@ -28,32 +59,39 @@ pub fn dispatch(
     if let Some(t) = transition {
         on_transition(sh, vendor, t, None);
     }
-    let sh = sh.clone();
     match admit {
         Admit::Defer(wait) => {
             let lease = job.lease();
             drop(job); // wipes the key: it will not be used
+            drop(ticket);
+            hand_back(sh, lease, whole_seconds(wait), "deferred").await;
             drop(permit);
-            tracker
-                .spawn(async move { hand_back(&sh, lease, whole_seconds(wait), "deferred").await });
         }
         Admit::Probe | Admit::Trial => {
             let trial = admit == Admit::Trial;
-            tracker.spawn(async move {
-                process(&sh, job, trial, sh.cfg.finish_deadline(claimed_at)).await;
-                drop(permit);
-            });
+            let deadline = sh.cfg.finish_deadline(claimed_at);
+            process(sh, job, ticket, permit, trial, deadline).await;
         }
     }
 }
 
-async fn process(sh: &Arc<Shared>, mut job: Job, trial: bool, deadline: Instant) {
+/// `permit` (the job's global slot) is held until the vendor has answered,
+/// then traded for a verdict slot (see `Shared::verdict_slots`).
+async fn process(
+    sh: &Arc<Shared>,
+    mut job: Job,
+    ticket: Ticket,
+    permit: OwnedSemaphorePermit,
+    trial: bool,
+    deadline: Instant,
+) {
     let lease = job.lease();
     let attempt = job.attempt;
     let key_id = job.key_id;
     let key = job.take_key().filter(|k| !k.is_empty());
     drop(job);
     let Some(key) = key else {
+        drop(ticket);
         // Never probe with nothing: the vendor's 401 would erase a real key.
         tracing::error!(job_id = lease.job_id, %key_id, "claim_jobs returned no key material; not probing");
         let detail = "the database returned no key material to validate (check the extension's master key); \
@@ -75,12 +113,14 @@ async fn process(sh: &Arc<Shared>, mut job: Job, trial: bool, deadline: Instant)
     };
     sh.metrics.in_flight_add(-1);
     let Some(res) = result else {
+        drop(ticket);
         hand_back(sh, lease, 0, "released").await;
         return;
     };
     let vendor = lease.vendor;
     sh.metrics.latency(vendor, res.took);
     let v = &res.verdict;
+    ticket.end(res.took, v.vendor_fault);
     let now = std::time::Instant::now();
     let (transition, open_left) = sh.breaker(vendor, |b| {
         (
@@ -108,15 +148,38 @@ async fn process(sh: &Arc<Shared>, mut job: Job, trial: bool, deadline: Instant)
         retry_after_seconds: v.retry_after_seconds,
         vendor_account: res.vendor_account.clone(),
     };
+    let verdict_slot = sh
+        .verdict_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the verdict slots are never closed");
+    drop(permit);
+    sh.slots_changed.notify_waiters();
     finish(sh, &lease, &f, deadline).await;
+    drop(verdict_slot);
     if !v.vendor_fault {
         heartbeat(sh, vendor);
     }
 }
 
-/// `finish_job`, retried across reconnects until the lease is about to run
-/// out; after that the job is left to be reclaimed (never lost).
+/// Writes the verdict: in the verdict writer's next batch
+/// (`finish_jobs`), or else alone with `finish_job`, retried across
+/// reconnects until the lease is about to run out; after that the job is
+/// left to be reclaimed (never lost).
 async fn finish(sh: &Shared, lease: &Lease, f: &Finish, deadline: Instant) {
+    let (reply, written) = oneshot::channel();
+    let req = FinishRequest {
+        lease: *lease,
+        finish: f.clone(),
+        reply,
+    };
+    if sh.queue_finish(req).is_some() {
+        if let Ok(Some(status)) = written.await {
+            recorded(sh, lease, f, &status);
+            return;
+        }
+    }
     let mut tries = 0u32;
     loop {
         let deadline = if sh.hard_stop.is_cancelled() {
@@ -131,13 +194,7 @@ async fn finish(sh: &Shared, lease: &Lease, f: &Finish, deadline: Instant) {
         };
         match db::finish(&client, lease, f).await {
             Ok(status) => {
-                let label = match (status.as_str(), f.outcome) {
-                    ("stale", _) => "stale",
-                    ("unverified", _) => "unverified",
-                    (_, o) => o,
-                };
-                sh.metrics.job(lease.vendor, label);
-                tracing::info!(job_id = lease.job_id, vendor = lease.vendor.as_str(), outcome = f.outcome, key_status = %status, "verdict recorded");
+                recorded(sh, lease, f, &status);
                 return;
             }
             Err(e) => {
@@ -160,6 +217,16 @@ async fn finish(sh: &Shared, lease: &Lease, f: &Finish, deadline: Instant) {
             }
         }
     }
+}
+
+fn recorded(sh: &Shared, lease: &Lease, f: &Finish, status: &str) {
+    let label = match (status, f.outcome) {
+        ("stale", _) => "stale",
+        ("unverified", _) => "unverified",
+        (_, o) => o,
+    };
+    sh.metrics.job(lease.vendor, label);
+    tracing::info!(job_id = lease.job_id, vendor = lease.vendor.as_str(), outcome = f.outcome, key_status = %status, "verdict recorded");
 }
 
 /// `release_job`: back to the queue without spending the attempt.

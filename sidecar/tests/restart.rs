@@ -75,7 +75,10 @@ fn survives_postgres_restart_and_terminated_backends() {
         .query_one("SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'sidecar') t", &[])
         .unwrap()
         .get(0);
-    assert_eq!(killed, 1, "the sidecar holds exactly one connection");
+    assert_eq!(
+        killed, 2,
+        "the sidecar holds exactly two connections (claims, verdicts)"
+    );
     assert_all_once(&env, &second);
     assert!(
         sc.metric("byok_sidecar_db_reconnects_total") >= 2.0,

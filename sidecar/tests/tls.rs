@@ -58,16 +58,20 @@ fn require_with_the_ca_file_validates_and_without_it_refuses() {
     let id = add_key(&mut db, Uuid::new_v4(), "anthropic", &key);
     wait_settled(&mut db, &[id], Duration::from_secs(30));
     assert_eq!(status(&mut db, id).0, "active");
-    assert_eq!(tls_of(&env), vec![true], "the sidecar's session uses TLS");
+    assert_eq!(
+        tls_of(&env),
+        vec![true, true],
+        "both of the sidecar's sessions (claims, verdicts) use TLS"
+    );
     drop(sc);
 
     // `disable` still means plaintext, CA file or not.
     let plain = format!("{url}?sslmode=disable");
     let sc = env.sidecar("plain", &[("--database-url", &plain), ("--db-ca-file", ca)]);
     wait_until("the old session is gone", Duration::from_secs(10), || {
-        tls_of(&env).len() == 1
+        tls_of(&env).len() == 2
     });
-    assert_eq!(tls_of(&env), vec![false]);
+    assert_eq!(tls_of(&env), vec![false, false]);
     drop(sc);
 
     env.mock.assert_no_malformed();

@@ -81,6 +81,13 @@ impl Mock {
         assert_eq!(code, 200, "{text}");
     }
 
+    /// Every vendor call answers `ms` milliseconds later (`POST /__mock/latency`).
+    pub fn set_latency(&self, ms: u64) {
+        let body = format!(r#"{{"ms":{ms}}}"#);
+        let (code, text) = http(&self.addr, "POST", "/__mock/latency", Some(&body));
+        assert_eq!(code, 200, "{text}");
+    }
+
     pub fn stats(&self) -> serde_json::Value {
         let (code, text) = http(&self.addr, "GET", "/__mock/stats", None);
         assert_eq!(code, 200);
