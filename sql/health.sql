@@ -189,14 +189,17 @@ BEGIN
                         CASE WHEN k.status = 'active' AND every > 0
                              THEN coalesce(k.checked_at, k.validated_at, k.created_at)
                                   + make_interval(secs => every) END),
-               greatest(k.last_used_at, live.at),
+               greatest(k.last_used_at, used.at, live.at),
                k.status = 'active'
-                   AND coalesce(greatest(k.last_used_at, live.at), k.validated_at, k.created_at)
+                   AND coalesce(greatest(k.last_used_at, used.at, live.at), k.validated_at, k.created_at)
                        < clock_timestamp() - idle_after
           FROM byok.keys k
           LEFT JOIN byok.jobs j ON j.key_id = k.id
-          -- Uses counted in shared memory since the last flush (on a
-          -- standby: all of them); keys.last_used_at has the flushed ones.
+          -- The last flushed use (keys.last_used_at has it to the hour),
+          -- and uses counted in shared memory since the last flush (on a
+          -- standby: all of them).
+          LEFT JOIN LATERAL (SELECT max(u.last_used_at) AS at FROM byok.key_usage u
+                              WHERE u.key_id = k.id) used ON true
           LEFT JOIN (SELECT c.key_id, max(c.last_used_at) AS at
                        FROM byok._usage_counters() c
                       WHERE c.database_oid = (SELECT d.oid::bigint FROM pg_database d

@@ -1629,14 +1629,17 @@ BEGIN
                         CASE WHEN k.status = 'active' AND every > 0
                              THEN coalesce(k.checked_at, k.validated_at, k.created_at)
                                   + make_interval(secs => every) END),
-               greatest(k.last_used_at, live.at),
+               greatest(k.last_used_at, used.at, live.at),
                k.status = 'active'
-                   AND coalesce(greatest(k.last_used_at, live.at), k.validated_at, k.created_at)
+                   AND coalesce(greatest(k.last_used_at, used.at, live.at), k.validated_at, k.created_at)
                        < clock_timestamp() - idle_after
           FROM byok.keys k
           LEFT JOIN byok.jobs j ON j.key_id = k.id
-          -- Uses counted in shared memory since the last flush (on a
-          -- standby: all of them); keys.last_used_at has the flushed ones.
+          -- The last flushed use (keys.last_used_at has it to the hour),
+          -- and uses counted in shared memory since the last flush (on a
+          -- standby: all of them).
+          LEFT JOIN LATERAL (SELECT max(u.last_used_at) AS at FROM byok.key_usage u
+                              WHERE u.key_id = k.id) used ON true
           LEFT JOIN (SELECT c.key_id, max(c.last_used_at) AS at
                        FROM byok._usage_counters() c
                       WHERE c.database_oid = (SELECT d.oid::bigint FROM pg_database d
@@ -1680,7 +1683,7 @@ COMMENT ON TABLE byok.key_usage IS
 -- Add counted uses (parallel arrays: key, role oid, hour, uses, last use).
 -- Keys that no longer exist (or that this transaction cannot see) are left
 -- out and returned, so the worker keeps their counters for a while instead
--- of losing them. keys.last_used_at only moves forward.
+-- of losing them. keys.last_used_at only moves forward, to the hour.
 CREATE FUNCTION byok._count_uses(key_ids uuid[], role_ids bigint[], hours timestamptz[],
                                  uses bigint[], last_used timestamptz[])
 RETURNS uuid[]
@@ -1706,9 +1709,12 @@ BEGIN
     ), latest AS (
         SELECT u.key_id, max(u.last_used) AS at FROM u GROUP BY u.key_id
     ), touched AS (
+        -- To the hour: a key's row is written at most once an hour, so
+        -- flushes do not bloat byok.keys and the index use_key reads.
         UPDATE byok.keys k SET last_used_at = l.at
           FROM latest l
-         WHERE k.id = l.key_id AND (k.last_used_at IS NULL OR k.last_used_at < l.at)
+         WHERE k.id = l.key_id
+           AND (k.last_used_at IS NULL OR k.last_used_at < l.at - interval '1 hour')
         RETURNING k.id
     )
     SELECT coalesce(array_agg(DISTINCT c.key_id), '{}') INTO missing

@@ -4,7 +4,7 @@
 -- (database, key, calling role, hour); the background worker
 -- (src/usage_worker.rs) adds the counts to byok.key_usage every
 -- byok.usage_flush_interval seconds through byok._count_uses, which also
--- moves keys.last_used_at (key_health's "last used"). Where shared memory
+-- moves keys.last_used_at (to the hour). Where shared memory
 -- cannot take a use (not preloaded, another database than the worker's,
 -- every slot taken) use_key calls byok._count_uses itself, in the caller's
 -- transaction. byok.key_usage_live shows the counters not yet flushed (on a
@@ -29,7 +29,7 @@ COMMENT ON TABLE byok.key_usage IS
 -- Add counted uses (parallel arrays: key, role oid, hour, uses, last use).
 -- Keys that no longer exist (or that this transaction cannot see) are left
 -- out and returned, so the worker keeps their counters for a while instead
--- of losing them. keys.last_used_at only moves forward.
+-- of losing them. keys.last_used_at only moves forward, to the hour.
 CREATE FUNCTION byok._count_uses(key_ids uuid[], role_ids bigint[], hours timestamptz[],
                                  uses bigint[], last_used timestamptz[])
 RETURNS uuid[]
@@ -55,9 +55,12 @@ BEGIN
     ), latest AS (
         SELECT u.key_id, max(u.last_used) AS at FROM u GROUP BY u.key_id
     ), touched AS (
+        -- To the hour: a key's row is written at most once an hour, so
+        -- flushes do not bloat byok.keys and the index use_key reads.
         UPDATE byok.keys k SET last_used_at = l.at
           FROM latest l
-         WHERE k.id = l.key_id AND (k.last_used_at IS NULL OR k.last_used_at < l.at)
+         WHERE k.id = l.key_id
+           AND (k.last_used_at IS NULL OR k.last_used_at < l.at - interval '1 hour')
         RETURNING k.id
     )
     SELECT coalesce(array_agg(DISTINCT c.key_id), '{}') INTO missing

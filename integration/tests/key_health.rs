@@ -589,6 +589,12 @@ fn key_health_reports_checks_use_and_idle_keys() {
         &[&active],
     )
     .unwrap();
+    db.execute(
+        "UPDATE byok.key_usage SET last_used_at = last_used_at - interval '91 days',
+                                   hour = hour - interval '91 days' WHERE key_id = $1",
+        &[&active],
+    )
+    .unwrap();
     let idle = |db: &mut Client| -> bool {
         health(db)
             .iter()
