@@ -34,6 +34,54 @@ thread_local! {
     /// The root key opened pg_byok's check secret in this backend. The root
     /// key is read once at server start, so one check per backend suffices.
     static ROOT_KEY_CHECKED: Cell<bool> = const { Cell::new(false) };
+    /// `byok._vault_problem()` found nothing wrong and Vault is preloaded,
+    /// and no catalog change that could alter that has reached this backend
+    /// since. The check costs more than the Vault read it guards (≈0.7 ms
+    /// against ≈0.2 ms), so use_key must not run it per call; instead every
+    /// change that could make Vault's objects unsafe clears this flag:
+    /// owners, languages and bodies of functions (pg_proc), roles losing
+    /// superuser (pg_authid), extensions and schemas, and any relation's
+    /// cache entry (a trigger, rule, row-level security or owner change on
+    /// vault.secrets invalidates it).
+    static VAULT_TRUSTED: Cell<bool> = const { Cell::new(false) };
+    static CALLBACKS_REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A catalog change reached this backend: check Vault again before using it.
+unsafe extern "C-unwind" fn distrust_on_syscache(
+    _arg: pg_sys::Datum,
+    _cache_id: std::ffi::c_int,
+    _hash: u32,
+) {
+    VAULT_TRUSTED.set(false);
+}
+
+/// Any relation's cache entry was invalidated (vault.secrets' among them
+/// when a trigger, rule or policy switch is added to it): check again.
+unsafe extern "C-unwind" fn distrust_on_relcache(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
+    VAULT_TRUSTED.set(false);
+}
+
+fn register_distrust_callbacks() {
+    if CALLBACKS_REGISTERED.get() {
+        return;
+    }
+    use pg_sys::SysCacheIdentifier::{AUTHOID, EXTENSIONOID, NAMESPACEOID, PROCOID};
+    // SAFETY: registering invalidation callbacks is allowed at any time in a
+    // backend; they are registered once per backend (Postgres keeps at most
+    // 64 syscache and 10 relcache callbacks), are 'static functions, and
+    // only clear a flag, so they cannot fail while invalidations are read.
+    unsafe {
+        for cache in [PROCOID, AUTHOID, EXTENSIONOID, NAMESPACEOID] {
+            pg_sys::CacheRegisterSyscacheCallback(
+                cache as std::ffi::c_int,
+                Some(distrust_on_syscache),
+                pg_sys::Datum::from(0),
+            );
+        }
+        pg_sys::CacheRegisterRelcacheCallback(Some(distrust_on_relcache), pg_sys::Datum::from(0));
+    }
+    CALLBACKS_REGISTERED.set(true);
 }
 
 /// What vault.secrets' description says of pg_byok's rows.
@@ -108,11 +156,20 @@ fn problem() -> Option<String> {
 /// Vault is installed, new enough, genuine, preloaded, and its root key is
 /// the one this database's secrets were encrypted with.
 fn require_vault() -> Result<(), CoreError> {
-    if let Some(code) = problem() {
-        return Err(storage::problem_error(&code));
-    }
-    if !preloaded() {
-        return Err(CoreError::VaultNotPreloaded);
+    if !VAULT_TRUSTED.get() {
+        register_distrust_callbacks();
+        // Trusted before the check, not after: an invalidation read while
+        // the check runs clears the flag again, so it is never left set on
+        // the strength of a check that a concurrent change overtook.
+        VAULT_TRUSTED.set(true);
+        if let Some(code) = problem() {
+            VAULT_TRUSTED.set(false);
+            return Err(storage::problem_error(&code));
+        }
+        if !preloaded() {
+            VAULT_TRUSTED.set(false);
+            return Err(CoreError::VaultNotPreloaded);
+        }
     }
     if !ROOT_KEY_CHECKED.get() && check_root_key()? {
         ROOT_KEY_CHECKED.set(true);

@@ -471,6 +471,21 @@ fn vault_missing_unpreloaded_too_old_or_unsafe_is_refused_with_a_hint() {
     // Unbroken again: it works.
     let k = add_key(&mut db, ws, "anthropic", &key, None).unwrap();
     assert_eq!(stored(&mut db, k.id).0, "vault");
+    // A session that has already used Vault keeps no stale trust: the same
+    // breakages, committed by another session, stop its next call too.
+    for (break_it, mend_it, says) in cases.iter().take(2) {
+        c.client().batch_execute(break_it).unwrap();
+        let fresh = Uuid::new_v4();
+        let e = expect_state(
+            add_key(&mut db, fresh, "anthropic", &key, None),
+            "55000",
+            says,
+        );
+        assert!(error_text(&e).contains(says), "{says}: {}", error_text(&e));
+        c.client().batch_execute(mend_it).unwrap();
+        let k = add_key(&mut db, fresh, "anthropic", &key, None).unwrap();
+        assert_eq!(stored(&mut db, k.id).0, "vault", "{says}: mended");
+    }
 }
 
 /// The WAL and the data files: the plaintext of a key stored through
