@@ -254,9 +254,14 @@ mod tests {
         ))
         .unwrap();
         assert_eq!((table, live), (Some(3), Some(0)));
+        // keys.last_used_at moves to the hour (a key's row is written at
+        // most once an hour): within an hour before the last counted use.
+        // Uses written through (the worker not serving yet) each call
+        // _count_uses, so the row keeps the first of them.
         let used = Spi::get_one::<bool>(&format!(
-            "SELECT k.last_used_at = u.last_used_at FROM byok.keys k
-               JOIN byok.key_usage u ON u.key_id = k.id WHERE k.id = '{id}'"
+            "SELECT k.last_used_at <= u.last_used_at
+                AND k.last_used_at > u.last_used_at - interval '1 hour'
+               FROM byok.keys k JOIN byok.key_usage u ON u.key_id = k.id WHERE k.id = '{id}'"
         ))
         .unwrap();
         assert_eq!(used, Some(true));
