@@ -30,6 +30,9 @@
 # What it measures (pgbench -M prepared, 2 clients, 2 threads, unix socket;
 # every variant with synchronous_commit on and off, via PGOPTIONS):
 #   read a key   byok.use_key(ws, 'anthropic') as a byok_consumer login role
+#                | the same on keys pg_byok stored in Supabase Vault
+#                (byok.storage = 'vault' while seeding them, workspaces
+#                10000001..; where Vault is installed)
 #                | vault.decrypted_secrets by id (the id from a mapping
 #                table in the same statement) | pgp_sym_decrypt from a
 #                pgcrypto mapping table | a plain SELECT
@@ -215,8 +218,10 @@ SQL
 [ "$vault" = 1 ] && psql_ -c 'CREATE EXTENSION supabase_vault CASCADE' >/dev/null
 member=11111111-1111-4111-8111-111111111111
 
-# Grow every system to `n` stored keys (workspaces 1..n), and drop what the
+# Grow every system to `n` stored keys (workspaces 1..n; pg_byok's
+# vault-stored keys in workspaces vault_ws+1..vault_ws+n), and drop what the
 # store variants added.
+vault_ws=10000000
 seeded=0
 seed_to() {
     local n=$1 from=$((seeded + 1))
@@ -238,10 +243,25 @@ INSERT INTO bench.plain_keys SELECT bench.ws(n), 'anthropic', bench.fake_key(n),
 SQL
     if [ "$vault" = 1 ]; then
         psql_ >/dev/null <<SQL
-DELETE FROM vault.secrets s WHERE NOT EXISTS (SELECT 1 FROM bench.vault_map m WHERE m.secret_id = s.id);
+-- pg_byok's own secrets (named byok/...: its vault-stored keys and its
+-- root-key check) are not the store variants' rows.
+DELETE FROM vault.secrets s WHERE NOT EXISTS (SELECT 1 FROM bench.vault_map m WHERE m.secret_id = s.id)
+  AND coalesce(s.name, '') NOT LIKE 'byok/%';
 INSERT INTO bench.vault_map SELECT bench.ws(n), 'anthropic', vault.create_secret(bench.fake_key(n)), true
   FROM generate_series($from, $n) n;
+-- The same count of keys stored by pg_byok in Vault, made active the way
+-- the native ones are above.
+SET byok.storage = 'vault';
+INSERT INTO bench.byok_seed
+SELECT (byok.add_key(bench.ws($vault_ws + n), 'anthropic', bench.fake_key($vault_ws + n))).id
+  FROM generate_series($from, $n) n;
+DELETE FROM byok.jobs;
+UPDATE byok.keys SET status = 'active', validated_at = clock_timestamp() WHERE status = 'pending';
 SQL
+        # Each system holds what it should: n live keys in Vault for pg_byok.
+        [ "$(psql_ -c "SELECT count(*) FROM byok.keys WHERE storage = 'vault' AND status = 'active'
+            AND workspace_id IN (SELECT bench.ws($vault_ws + n) FROM generate_series(1, $n) n)")" = "$n" ] ||
+            { echo "seeding pg_byok's vault-stored keys did not give $n active keys" >&2; exit 1; }
     fi
     psql_ -c 'VACUUM ANALYZE' >/dev/null
     seeded=$n
@@ -253,6 +273,10 @@ key() { echo "sk-ant-api03-$(head -c 300 /dev/urandom | base64 -w0 | tr -dc 'A-Z
 k=$(key)
 mk read-byok <<'EOF'
 \set n random(1, :keys)
+SELECT byok.use_key(bench.ws(:n), 'anthropic');
+EOF
+mk read-byok-vault <<EOF
+\set n random($((vault_ws + 1)), $vault_ws + :keys)
 SELECT byok.use_key(bench.ws(:n), 'anthropic');
 EOF
 mk read-vault <<'EOF'
@@ -288,8 +312,9 @@ EOF
 mk store-plain <<EOF
 INSERT INTO bench.plain_keys (workspace_id, vendor, api_key) VALUES (gen_random_uuid(), 'anthropic', '$k');
 EOF
-declare -A login=([read-byok]=bench_consumer [store-byok-postgrest]=authenticator)
-variants=(read-byok read-vault read-pgcrypto read-plain
+declare -A login=([read-byok]=bench_consumer [read-byok-vault]=bench_consumer [store-byok-postgrest]=authenticator)
+# *-vault variants run only where supabase_vault is installed.
+variants=(read-byok read-byok-vault read-vault read-pgcrypto read-plain
     store-byok-superuser store-byok-postgrest store-vault store-pgcrypto store-plain)
 
 pgb() {  # variant sync seconds|-t N [clients] -> pgbench output
