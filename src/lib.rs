@@ -9,6 +9,7 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod active_key;
 mod api;
 mod app_tables;
 mod as_owner;

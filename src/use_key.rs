@@ -5,13 +5,16 @@
 //! function, it checks what the PL/pgSQL version checked, in the same order
 //! and with the same errors: NULL arguments (22004), the caller's
 //! membership of byok_consumer (42501), the vendor (22023), an active key
-//! (P0002, with the pending hint). The row is read with a plan kept for the
-//! backend's life (Postgres re-plans it when the table changes). The use is
+//! (P0002, with the pending hint). The key row is read straight from its
+//! index (active_key.rs), or, where that read cannot stand in for the query
+//! (row-level security applies to the definer, say), with a plan kept for
+//! the backend's life (Postgres re-plans it when the table changes). The use is
 //! counted in shared memory (usage.rs) or, where that cannot take it, written
 //! to `byok.key_usage` at once; `byok.use_audit = 'each'` also writes the
 //! per-call audit row of 0.1.0. The plaintext goes nowhere but the return
 //! value: it is never logged, stored, or put in an error.
 
+use crate::active_key::{self, KeyRow};
 use crate::error::{ExtError, OrRaise};
 use crate::settings::{UseAudit, USE_AUDIT};
 use crate::text::TextArg;
@@ -66,19 +69,11 @@ fn with_plan<'c, R>(
     })
 }
 
-/// The key row `use_key` serves. Where the key material lives is decided in
-/// `decrypt` alone, so another storage backend is one more branch there.
-struct ActiveKey {
-    id: Uuid,
-    ciphertext: Option<Vec<u8>>,
-    vault_secret_id: Option<Uuid>,
-}
-
 /// The plaintext of an active key, from its envelope or its Vault secret
 /// (vault.rs). A live key always holds one of them
 /// (`keys_storage_holds_the_secret`); a row with neither is reported
 /// as tampering, as a ciphertext that fails to open is.
-fn decrypt(key: &ActiveKey, workspace_id: &Uuid, vendor: Vendor) -> String {
+fn decrypt(key: &KeyRow, workspace_id: &Uuid, vendor: Vendor) -> String {
     crate::vault::open_live(
         &key.id,
         workspace_id,
@@ -146,42 +141,13 @@ fn use_key(workspace_id: Option<Uuid>, vendor: Option<TextArg<'_>>) -> String {
         ExtError::EachUseOnStandby.raise();
     }
 
-    let key = Spi::connect_mut(|client| {
-        let args = [workspace_id.into(), vendor.as_str().into()];
-        let found = with_plan(
-            &ACTIVE_PLAN,
-            client,
-            ACTIVE_KEY,
-            &[PgBuiltInOids::UUIDOID, PgBuiltInOids::TEXTOID],
-            false,
-            |plan, client| {
-                let table = client.select(plan, Some(1), &args).or_raise_spi();
-                if table.is_empty() {
-                    return None;
-                }
-                let row = table.first();
-                let id = row.get::<Uuid>(1).or_raise_spi();
-                Some(ActiveKey {
-                    id: id.expect("byok.keys.id is NOT NULL"),
-                    ciphertext: row.get::<Vec<u8>>(2).or_raise_spi(),
-                    vault_secret_id: row.get::<Uuid>(3).or_raise_spi(),
-                })
-            },
-        );
-        found.ok_or_else(|| {
-            with_plan(
-                &PENDING_PLAN,
-                client,
-                PENDING_KEY,
-                &[PgBuiltInOids::UUIDOID, PgBuiltInOids::TEXTOID],
-                false,
-                |plan, client| {
-                    let table = client.select(plan, Some(1), &args).or_raise_spi();
-                    table.first().get_one::<bool>().or_raise_spi() == Some(true)
-                },
-            )
-        })
-    });
+    // The row is read straight from the index (active_key.rs) where that
+    // read returns what the query would; otherwise by the query.
+    let key = match active_key::read(&workspace_id, vendor.as_str()) {
+        Some(Some(row)) => Ok(row),
+        Some(None) => Err(pending_key(&workspace_id, vendor)),
+        None => active_key_by_query(&workspace_id, vendor),
+    };
     let key = key.unwrap_or_else(|pending| {
         ExtError::NoActiveKey {
             vendor: vendor.as_str(),
@@ -210,6 +176,54 @@ fn use_key(workspace_id: Option<Uuid>, vendor: Option<TextArg<'_>>) -> String {
         });
     }
     plain
+}
+
+/// The active key by the kept query (where active_key.rs cannot stand in
+/// for it), or whether a key is pending.
+fn active_key_by_query(workspace_id: &Uuid, vendor: Vendor) -> Result<KeyRow, bool> {
+    let found = Spi::connect_mut(|client| {
+        let args = [(*workspace_id).into(), vendor.as_str().into()];
+        with_plan(
+            &ACTIVE_PLAN,
+            client,
+            ACTIVE_KEY,
+            &[PgBuiltInOids::UUIDOID, PgBuiltInOids::TEXTOID],
+            false,
+            |plan, client| {
+                let table = client.select(plan, Some(1), &args).or_raise_spi();
+                if table.is_empty() {
+                    return None;
+                }
+                let row = table.first();
+                let id = row.get::<Uuid>(1).or_raise_spi();
+                Some(KeyRow {
+                    id: id.expect("byok.keys.id is NOT NULL"),
+                    ciphertext: row.get::<Vec<u8>>(2).or_raise_spi(),
+                    vault_secret_id: row.get::<Uuid>(3).or_raise_spi(),
+                })
+            },
+        )
+    });
+    found.ok_or_else(|| pending_key(workspace_id, vendor))
+}
+
+/// Is a key of (workspace, vendor) pending validation? Asked only on the
+/// error path, for the hint.
+fn pending_key(workspace_id: &Uuid, vendor: Vendor) -> bool {
+    Spi::connect_mut(|client| {
+        let args = [(*workspace_id).into(), vendor.as_str().into()];
+        with_plan(
+            &PENDING_PLAN,
+            client,
+            PENDING_KEY,
+            &[PgBuiltInOids::UUIDOID, PgBuiltInOids::TEXTOID],
+            false,
+            |plan, client| {
+                let table = client.select(plan, Some(1), &args).or_raise_spi();
+                table.first().get_one::<bool>().or_raise_spi() == Some(true)
+            },
+        )
+    })
 }
 
 /// Count the use in shared memory when a flusher serves this database (or
@@ -423,5 +437,64 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(roles, vec!["byok_test_backend".to_string()]);
+    }
+
+    /// Revoked and activated in the caller's own transaction: use_key sees
+    /// it at once, as a query in its place would.
+    #[pg_test]
+    fn use_key_sees_its_own_transactions_changes() {
+        let key = openai_key('t');
+        let id = active_key("openai", &key);
+        let got = Spi::get_one::<String>(&format!("SELECT byok.use_key('{WS}', 'openai')"));
+        assert_eq!(got.unwrap().as_deref(), Some(key.as_str()));
+        Spi::run(&format!("SELECT byok.revoke_key('{id}')")).unwrap();
+        let (state, _, hint) = error_of(&format!("SELECT byok.use_key('{WS}', 'openai')"));
+        assert_eq!(
+            (state.as_str(), hint.as_deref()),
+            (
+                "P0002",
+                Some("Ask the workspace to add a key with byok.add_key.")
+            )
+        );
+        let again = openai_key('u');
+        active_key("openai", &again);
+        let got = Spi::get_one::<String>(&format!("SELECT byok.use_key('{WS}', 'openai')"));
+        assert_eq!(got.unwrap().as_deref(), Some(again.as_str()));
+    }
+
+    /// Where row-level security or privileges bind the definer (an owner
+    /// that is no superuser and lacks BYPASSRLS), use_key reads by the query,
+    /// which applies them: the same errors and the same policy.
+    #[pg_test]
+    fn where_the_definer_is_bound_by_security_the_query_decides() {
+        let key = openai_key('s');
+        active_key("openai", &key);
+        let use_sql = format!("SELECT byok.use_key('{WS}', 'openai')");
+        Spi::run(
+            "CREATE ROLE byok_test_definer NOSUPERUSER NOBYPASSRLS;
+             ALTER FUNCTION byok.use_key(uuid, text) OWNER TO byok_test_definer",
+        )
+        .unwrap();
+        let (state, msg, _) = error_of(&use_sql);
+        assert_eq!(
+            (state.as_str(), msg.as_str()),
+            ("42501", "permission denied for schema byok")
+        );
+        Spi::run("GRANT USAGE ON SCHEMA byok TO byok_test_definer").unwrap();
+        let (state, msg, _) = error_of(&use_sql);
+        assert_eq!(
+            (state.as_str(), msg.as_str()),
+            ("42501", "permission denied for table keys")
+        );
+        Spi::run("GRANT SELECT ON byok.keys TO byok_test_definer").unwrap();
+        Spi::run("SET LOCAL row_security = off").unwrap();
+        let (state, msg, _) = error_of(&use_sql);
+        assert_eq!(
+            (state.as_str(), msg.as_str()),
+            (
+                "42501",
+                "query would be affected by row-level security policy for table \"keys\""
+            )
+        );
     }
 }

@@ -4,9 +4,10 @@
 
 mod common;
 
-use byok_integration::sample_key;
+use byok_integration::{sample_key, wait_until};
 use common::lifecycle::*;
 use common::*;
+use std::time::Duration;
 use uuid::Uuid;
 
 #[test]
@@ -223,5 +224,93 @@ fn invalid_and_revoked_keys_lose_their_ciphertext() {
         revoke_workspace(&mut db, ws2, None).unwrap(),
         0,
         "nothing left to revoke"
+    );
+}
+
+/// use_key reads its row with the snapshot a query in its place would use
+/// (src/active_key.rs): a revoke another session commits is seen by the
+/// caller's next statement in READ COMMITTED, and not within a REPEATABLE
+/// READ transaction that began before it; a revoke in the caller's own
+/// transaction is seen at once, in the same statement too.
+#[test]
+fn use_key_sees_revocations_as_a_query_would() {
+    let c = cluster();
+    let vendor = "openai";
+    let (ws_rc, ws_rr, ws_own) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let key_rc = sample_key(vendor, 411);
+    let key_rr = sample_key(vendor, 412);
+    let key_own = sample_key(vendor, 413);
+    let rc = add_active(&c, ws_rc, vendor, &key_rc);
+    let rr = add_active(&c, ws_rr, vendor, &key_rr);
+    let own = add_active(&c, ws_own, vendor, &key_own);
+    let mut revoker = c.client();
+    // Until the usage worker serves the database, a use is written through
+    // (keys.last_used_at), and the caller's open transaction would hold the
+    // row lock the revoke waits for.
+    let mut admin = c.client();
+    wait_until(
+        "the usage worker serves database byok",
+        Duration::from_secs(60),
+        || {
+            admin
+                .query_one(
+                    "SELECT flusher_database_oid = (SELECT oid FROM pg_database WHERE datname = 'byok')
+                       FROM byok.usage_status()",
+                    &[],
+                )
+                .map(|r| r.get::<_, Option<bool>>(0) == Some(true))
+                .unwrap_or(false)
+        },
+    );
+
+    let mut backend = c.client_as("backend");
+    let mut tx = backend.transaction().unwrap();
+    assert_eq!(use_key(&mut tx, ws_rc, vendor).unwrap(), key_rc);
+    revoke_key(&mut revoker, rc.id, None).unwrap();
+    expect_state(
+        use_key(&mut tx, ws_rc, vendor),
+        "P0002",
+        "READ COMMITTED: the next statement sees a committed revoke",
+    );
+    drop(tx);
+
+    let mut tx = backend
+        .build_transaction()
+        .isolation_level(byok_integration::postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .unwrap();
+    assert_eq!(use_key(&mut tx, ws_rr, vendor).unwrap(), key_rr);
+    revoke_key(&mut revoker, rr.id, None).unwrap();
+    assert_eq!(
+        use_key(&mut tx, ws_rr, vendor).unwrap(),
+        key_rr,
+        "REPEATABLE READ: the transaction's snapshot predates the revoke"
+    );
+    drop(tx);
+    expect_state(
+        use_key(&mut backend, ws_rr, vendor),
+        "P0002",
+        "a new transaction sees the revoke",
+    );
+
+    // The caller's own revoke, in one transaction and in one statement.
+    let mut su = c.client();
+    let mut tx = su.transaction().unwrap();
+    assert_eq!(use_key(&mut tx, ws_own, vendor).unwrap(), key_own);
+    let r = tx.query_one(
+        // OFFSET 0 keeps the subquery (the revoke) running before the
+        // outer target list (use_key) in the same statement.
+        "SELECT r.status, byok.use_key($2, 'openai')
+           FROM (SELECT (byok.revoke_key($1)).status OFFSET 0) r",
+        &[&own.id, &ws_own],
+    );
+    expect_state(r, "P0002", "use_key after a revoke in the same statement");
+    drop(tx);
+    let mut tx = su.transaction().unwrap();
+    revoke_key(&mut tx, own.id, None).unwrap();
+    expect_state(
+        use_key(&mut tx, ws_own, vendor),
+        "P0002",
+        "use_key after a revoke in the same transaction",
     );
 }
