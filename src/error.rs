@@ -152,3 +152,20 @@ impl<T, E: Into<ExtError>> OrRaise<T> for Result<T, E> {
         }
     }
 }
+
+/// A failed SPI call: a Postgres error already reported, or a broken plan;
+/// neither carries key material. Raised as a panic, which pgrx reports.
+pub(crate) fn spi_failed(e: pgrx::spi::Error) -> ! {
+    panic!("pg_byok: SPI call failed: {e}")
+}
+
+/// Unwrap an SPI result, raising a failure with [`spi_failed`].
+pub(crate) trait OrRaiseSpi<T> {
+    fn or_raise_spi(self) -> T;
+}
+
+impl<T> OrRaiseSpi<T> for Result<T, pgrx::spi::Error> {
+    fn or_raise_spi(self) -> T {
+        self.unwrap_or_else(|e| spi_failed(e))
+    }
+}

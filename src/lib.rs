@@ -14,6 +14,7 @@ mod api;
 mod app_tables;
 mod as_owner;
 mod error;
+mod kept_plan;
 mod log_hook;
 mod master_key;
 mod queue;

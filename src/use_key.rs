@@ -15,14 +15,15 @@
 //! value: it is never logged, stored, or put in an error.
 
 use crate::active_key::{self, KeyRow};
-use crate::error::{ExtError, OrRaise};
+use crate::error::{ExtError, OrRaise, OrRaiseSpi};
+use crate::kept_plan::with_plan;
 use crate::settings::{UseAudit, USE_AUDIT};
 use crate::text::TextArg;
 use crate::usage;
 use byok_core::Vendor;
-use pgrx::pg_sys::{PgBuiltInOids, PgOid};
+use pgrx::pg_sys::PgBuiltInOids;
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::spi::OwnedPreparedStatement;
 use pgrx::Uuid;
 use std::cell::OnceCell;
 
@@ -39,34 +40,6 @@ thread_local! {
     static PENDING_PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
     static WRITE_PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
     static AUDIT_PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
-}
-
-type PlanCell = std::thread::LocalKey<OnceCell<OwnedPreparedStatement>>;
-
-/// Run `f` with the kept plan of `sql`, preparing it on first use
-/// (`writes`: the statement writes, so it must not run read-only).
-fn with_plan<'c, R>(
-    cell: &'static PlanCell,
-    client: &mut SpiClient<'c>,
-    sql: &'static str,
-    types: &[PgBuiltInOids],
-    writes: bool,
-    f: impl FnOnce(&OwnedPreparedStatement, &mut SpiClient<'c>) -> R,
-) -> R {
-    cell.with(|c| {
-        let plan = c.get_or_init(|| {
-            let oids: Vec<PgOid> = types.iter().map(|t| PgOid::BuiltIn(*t)).collect();
-            let prepared = if writes {
-                client.prepare_mut(sql, &oids)
-            } else {
-                client.prepare(sql, &oids)
-            };
-            prepared
-                .unwrap_or_else(|e| panic!("pg_byok: preparing a use_key statement failed: {e}"))
-                .keep()
-        });
-        f(plan, client)
-    })
 }
 
 /// The plaintext of an active key, from its envelope or its Vault secret
@@ -278,18 +251,6 @@ pub(crate) fn write_use(key_id: &Uuid, role: pg_sys::Oid, hour: i64, now: i64) {
             |plan, client| client.update(plan, None, &args).or_raise_spi(),
         );
     });
-}
-
-/// SPI errors here are Postgres errors already reported, or a broken plan:
-/// neither carries key material.
-trait OrRaiseSpi<T> {
-    fn or_raise_spi(self) -> T;
-}
-
-impl<T> OrRaiseSpi<T> for Result<T, pgrx::spi::SpiError> {
-    fn or_raise_spi(self) -> T {
-        self.unwrap_or_else(|e| panic!("pg_byok use_key: {e}"))
-    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -17,7 +17,8 @@
 //! root key is checked against pg_byok's check secret, which tells a wrong
 //! root key (restored dump, other server) from a tampered secret.
 
-use crate::error::{ExtError, OrRaise};
+use crate::error::{spi_failed, ExtError, OrRaise, OrRaiseSpi};
+use crate::kept_plan::with_plan;
 use crate::sealing::{new_uuid, open_key, required, seal_key};
 use crate::settings::storage_setting;
 use crate::text::TextArg;
@@ -27,7 +28,9 @@ use pgrx::pg_sys::panic::CaughtError;
 use pgrx::pg_sys::PgTryBuilder;
 use pgrx::prelude::*;
 use pgrx::Uuid;
-use std::cell::Cell;
+use pgrx::pg_sys::PgBuiltInOids;
+use pgrx::spi::OwnedPreparedStatement;
+use std::cell::{Cell, OnceCell};
 use std::ffi::CStr;
 
 thread_local! {
@@ -40,10 +43,16 @@ thread_local! {
     /// against ≈0.2 ms), so use_key must not run it per call; instead every
     /// change that could make Vault's objects unsafe clears this flag:
     /// owners, languages and bodies of functions (pg_proc), roles losing
-    /// superuser (pg_authid), extensions and schemas, and any relation's
-    /// cache entry (a trigger, rule, row-level security or owner change on
-    /// vault.secrets invalidates it).
+    /// superuser (pg_authid), extensions and schemas, and vault.secrets'
+    /// relation cache entry (a trigger, rule, row-level security or owner
+    /// change on it invalidates that entry).
     static VAULT_TRUSTED: Cell<bool> = const { Cell::new(false) };
+    /// vault.secrets' oid when trust was last established: only its
+    /// relation cache entry (or a reset of all of them) clears the trust,
+    /// not every table's, which autovacuum and DDL elsewhere touch often.
+    static SECRETS_RELID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+    /// The read of a secret row, planned once per backend (kept_plan.rs).
+    static READ_PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
     static CALLBACKS_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -56,10 +65,27 @@ unsafe extern "C-unwind" fn distrust_on_syscache(
     VAULT_TRUSTED.set(false);
 }
 
-/// Any relation's cache entry was invalidated (vault.secrets' among them
-/// when a trigger, rule or policy switch is added to it): check again.
-unsafe extern "C-unwind" fn distrust_on_relcache(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
-    VAULT_TRUSTED.set(false);
+/// A relation's cache entry was invalidated: when it is vault.secrets'
+/// (a trigger, rule, policy switch or owner change on it) or every
+/// relation's (InvalidOid: a cache reset), check again.
+unsafe extern "C-unwind" fn distrust_on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    if relid == pg_sys::InvalidOid || relid == SECRETS_RELID.get() {
+        VAULT_TRUSTED.set(false);
+    }
+}
+
+/// vault.secrets' oid, InvalidOid when there is no such table.
+fn secrets_relid() -> pg_sys::Oid {
+    // SAFETY: catalog lookups by name inside a transaction; missing_ok
+    // gives InvalidOid for an absent schema, get_relname_relid for an
+    // absent table.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"vault".as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            return pg_sys::InvalidOid;
+        }
+        pg_sys::get_relname_relid(c"secrets".as_ptr(), nsp)
+    }
 }
 
 fn register_distrust_callbacks() {
@@ -105,10 +131,6 @@ const READ_SECRET: &str = "SELECT s.name,
            0, 'pgsodium'::pg_catalog.bytea, s.nonce) END
   FROM vault.secrets s WHERE s.id = $1";
 
-fn spi_failed(e: pgrx::spi::Error) -> ! {
-    panic!("pg_byok: SPI call on Supabase Vault failed: {e}")
-}
-
 /// The one value of a query that returns at most one row; None for no row.
 fn at_most_one<T>(result: Result<Option<T>, pgrx::spi::Error>) -> Option<T> {
     match result {
@@ -150,7 +172,7 @@ fn preloaded() -> bool {
 
 /// `byok._vault_problem()`: NULL when Vault may be used, else a code.
 fn problem() -> Option<String> {
-    Spi::get_one::<String>("SELECT byok._vault_problem()").unwrap_or_else(|e| spi_failed(e))
+    Spi::get_one::<String>("SELECT byok._vault_problem()").or_raise_spi()
 }
 
 /// Vault is installed, new enough, genuine, preloaded, and its root key is
@@ -160,7 +182,9 @@ fn require_vault() -> Result<(), CoreError> {
         register_distrust_callbacks();
         // Trusted before the check, not after: an invalidation read while
         // the check runs clears the flag again, so it is never left set on
-        // the strength of a check that a concurrent change overtook.
+        // the strength of a check that a concurrent change overtook. The
+        // table's oid is taken first for the same reason.
+        SECRETS_RELID.set(secrets_relid());
         VAULT_TRUSTED.set(true);
         if let Some(code) = problem() {
             VAULT_TRUSTED.set(false);
@@ -259,7 +283,7 @@ fn write_row(id: &Uuid, name: &str, plain: &[u8], if_absent: bool) -> Result<(),
         // Vault's noncegen is IMMUTABLE: called on its own, never folded
         // into a plan that could be reused.
         let nonce = Spi::get_one::<Vec<u8>>("SELECT vault._crypto_aead_det_noncegen()")
-            .unwrap_or_else(|e| spi_failed(e));
+            .or_raise_spi();
         Spi::run_with_args(
             &sql,
             &[
@@ -270,22 +294,33 @@ fn write_row(id: &Uuid, name: &str, plain: &[u8], if_absent: bool) -> Result<(),
                 nonce.into(),
             ],
         )
-        .unwrap_or_else(|e| spi_failed(e))
+        .or_raise_spi()
     })
 }
 
 /// Secret row `id`: its name, and its plaintext if the name is `name`.
-/// None when the row does not exist.
+/// None when the row does not exist. The plan is kept (READ_PLAN): it runs
+/// only after require_vault, and Postgres re-plans it when vault.secrets or
+/// Vault's functions change, which also clears the trust.
 fn read_row(id: &Uuid, name: &str) -> Option<(String, Option<Vec<u8>>)> {
-    Spi::connect(|c| {
-        let table = c.select(READ_SECRET, Some(1), &[(*id).into(), name.into()])?;
-        if table.is_empty() {
-            return Ok(None);
-        }
-        let (found, plain) = table.first().get_two::<String, Vec<u8>>()?;
-        Ok(Some((found.unwrap_or_default(), plain)))
+    Spi::connect_mut(|client| {
+        let args = [(*id).into(), name.into()];
+        with_plan(
+            &READ_PLAN,
+            client,
+            READ_SECRET,
+            &[PgBuiltInOids::UUIDOID, PgBuiltInOids::TEXTOID],
+            false,
+            |plan, client| {
+                let table = client.select(plan, Some(1), &args).or_raise_spi();
+                if table.is_empty() {
+                    return None;
+                }
+                let (found, plain) = table.first().get_two::<String, Vec<u8>>().or_raise_spi();
+                Some((found.unwrap_or_default(), plain))
+            },
+        )
     })
-    .unwrap_or_else(|e: pgrx::spi::Error| spi_failed(e))
 }
 
 /// Store `key` (already normalised) for key row `key_id` in Vault; returns
@@ -365,7 +400,7 @@ fn storage_for_new_keys() -> Storage {
         Spi::get_one::<bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'supabase_vault')",
         )
-        .unwrap_or_else(|e| spi_failed(e))
+        .or_raise_spi()
         .unwrap_or(false)
     };
     let setting = storage_setting();
@@ -390,7 +425,7 @@ pub(crate) fn keyring_needed() -> bool {
             "SELECT EXISTS (SELECT 1 FROM byok.keys k WHERE k.storage = 'native'
                               AND k.status NOT IN ('invalid', 'revoked'))",
         )
-        .unwrap_or_else(|e| spi_failed(e))
+        .or_raise_spi()
         .unwrap_or(true)
 }
 
@@ -534,7 +569,7 @@ fn vault_delete(secret_id: Option<Uuid>) {
             "DELETE FROM vault.secrets WHERE id = $1",
             &[secret_id.into()],
         )
-        .unwrap_or_else(|e| spi_failed(e)),
+        .or_raise_spi(),
     }
 }
 
