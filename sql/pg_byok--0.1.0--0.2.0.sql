@@ -2106,7 +2106,7 @@ BEGIN
     END IF;
     -- No keyring at all is the operator's problem and fails the call (55000);
     -- a key needing an absent version only defers that key (below).
-    PERFORM byok.master_key_status();
+    PERFORM byok._require_keyring();
     FOR r IN
         WITH picked AS (
             SELECT j.id FROM byok.jobs j
@@ -2525,3 +2525,38 @@ REVOKE ALL ON FUNCTION byok.finish_jobs(bigint[], uuid[], text[], text[], intege
 GRANT EXECUTE ON FUNCTION byok.finish_jobs(bigint[], uuid[], text[], text[], integer[], integer[], text[]) TO byok_worker;
 
 -- end of section: pipeline
+
+-- ===========================================================================
+-- root of trust: byok.master_key_status() says which root of trust serves
+-- which keys -- each master key version with the live keys it seals,
+-- versions live keys need that the keyring lacks, and Supabase Vault's root
+-- key where Vault holds keys or takes new ones -- and which one new keys go
+-- to. Its result gains columns, so it is dropped and created again (nothing
+-- depends on it but PL/pgSQL bodies, which look it up at run time). It now
+-- counts keys, so byok.claim_jobs checks the keyring with the cheaper
+-- byok._require_keyring (its definition above already calls it).
+-- ===========================================================================
+DROP FUNCTION byok.master_key_status();
+CREATE FUNCTION byok."master_key_status"() RETURNS TABLE (
+	"version" bigint,  /* Option < i64 > */
+	"is_primary" bool,  /* bool */
+	"source" TEXT,  /* String */
+	"root_of_trust" TEXT,  /* String */
+	"live_keys" bigint,  /* i64 */
+	"stores_new_keys" bool  /* bool */
+)
+STRICT VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'master_key_status_wrapper';
+REVOKE ALL ON FUNCTION byok.master_key_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION byok.master_key_status() TO byok_admin;
+
+CREATE FUNCTION byok."_require_keyring"() RETURNS void
+STRICT VOLATILE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'require_keyring_wrapper';
+REVOKE ALL ON FUNCTION byok._require_keyring() FROM PUBLIC;
+
+-- end of section: root of trust

@@ -62,7 +62,7 @@ BEGIN
     END IF;
     -- No keyring at all is the operator's problem and fails the call (55000);
     -- a key needing an absent version only defers that key (below).
-    PERFORM byok.master_key_status();
+    PERFORM byok._require_keyring();
     FOR r IN
         WITH picked AS (
             SELECT j.id FROM byok.jobs j

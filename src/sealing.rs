@@ -6,14 +6,16 @@
 //! SECURITY DEFINER functions. Normalisation and encryption happen here,
 //! before any row exists, so the plaintext never reaches a table or the WAL.
 
-use crate::error::{ExtError, OrRaise};
+use crate::error::{spi_failed, ExtError, OrRaise};
 use crate::master_key::{keyring, keyring_holding};
 use crate::settings::min_decrypt_version;
 use crate::text::TextArg;
 use byok_core::envelope::{self, Aad};
-use byok_core::{keys, mask, CoreError, Vendor};
+use byok_core::keyring::Keyring;
+use byok_core::{keys, mask, trust, CoreError, Vendor};
 use pgrx::prelude::*;
 use pgrx::Uuid;
+use std::sync::Arc;
 
 pub(crate) fn required<T>(value: Option<T>, what: &'static str) -> T {
     value.unwrap_or_else(|| ExtError::from(CoreError::NullArgument { name: what }).raise())
@@ -123,40 +125,96 @@ pub(crate) fn open_key(key_id: &Uuid, workspace_id: &Uuid, vendor: Vendor, blob:
     }
 }
 
-/// Which keyring versions this backend holds and where they came from. No key
-/// material, not even a fingerprint: it tells an operator whether a restart
-/// picked up the keyring they meant. No rows (rather than 55000) when no
-/// keyring is loaded and none is needed: every live key and every new one
-/// is in Supabase Vault (byok.storage_status counts the keys per storage).
-#[pg_extern(volatile)]
+/// The keyring, or None when none is loaded and none is needed (every
+/// live key and every new one is in Supabase Vault); 55000 otherwise.
+fn needed_keyring() -> Option<Arc<Keyring>> {
+    match keyring() {
+        Ok(ring) => Some(ring),
+        Err(ExtError::NoMasterKey | ExtError::Core(CoreError::NoMasterKey))
+            if !crate::vault::keyring_needed() =>
+        {
+            None
+        }
+        Err(e) => e.raise(),
+    }
+}
+
+/// Fails (55000) when a keyring is needed and none is usable: what
+/// `byok.claim_jobs` checks before it hands out work, without counting keys.
+#[pg_extern(volatile, name = "_require_keyring")]
+#[search_path(pg_catalog, pg_temp)]
+fn require_keyring() {
+    needed_keyring();
+}
+
+/// Live keys per storage and envelope version.
+fn live_keys() -> trust::LiveKeys {
+    let mut live = trust::LiveKeys::default();
+    Spi::connect(|c| {
+        let table = c.select(
+            "SELECT k.storage, byok._ciphertext_version(k.ciphertext), count(*)
+               FROM byok.keys k WHERE k.status NOT IN ('invalid', 'revoked') GROUP BY 1, 2",
+            None,
+            &[],
+        )?;
+        for row in table {
+            let storage = row.get::<String>(1)?.unwrap_or_default();
+            let version = row.get::<i64>(2)?.and_then(|v| u32::try_from(v).ok());
+            let n = row.get::<i64>(3)?.unwrap_or(0);
+            if storage == "vault" {
+                live.vault += n;
+            } else {
+                *live.native.entry(version).or_insert(0) += n;
+            }
+        }
+        Ok(())
+    })
+    .unwrap_or_else(|e: pgrx::spi::Error| spi_failed(e));
+    live
+}
+
+/// Which root of trust serves which keys: each master key version this
+/// backend holds and where it came from, the live keys it protects, versions
+/// live keys need that are not loaded, and Supabase Vault's root key where
+/// Vault holds keys or takes new ones (core's trust.rs). No key material,
+/// not even a fingerprint: it tells an operator whether a restart picked up
+/// the keyring they meant and what rotating or moving keys has left to do.
+/// SECURITY DEFINER: the envelope versions are read from the ciphertext
+/// column, which is granted to no role; it returns counts only.
+#[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn master_key_status() -> TableIterator<
     'static,
     (
-        name!(version, i64),
+        name!(version, Option<i64>),
         name!(is_primary, bool),
         name!(source, String),
+        name!(root_of_trust, String),
+        name!(live_keys, i64),
+        name!(stores_new_keys, bool),
     ),
 > {
-    // Without a keyring, nothing is wrong as long as no key needs one: new
-    // keys go to Supabase Vault and no live key is stored natively.
-    let ring = match keyring() {
-        Ok(ring) => ring,
-        Err(ExtError::NoMasterKey | ExtError::Core(CoreError::NoMasterKey))
-            if !crate::vault::keyring_needed() =>
-        {
-            return TableIterator::new(Vec::new())
-        }
-        Err(e) => e.raise(),
-    };
-    let primary = ring.primary_version();
-    let source = crate::master_key::source().unwrap_or("unknown").to_string();
-    let rows: Vec<_> = ring
-        .versions()
-        .into_iter()
-        .map(|v| (i64::from(v), v == primary, source.clone()))
-        .collect();
-    TableIterator::new(rows)
+    let ring = needed_keyring();
+    let loaded = ring.as_ref().map(|ring| trust::Loaded {
+        versions: ring.versions(),
+        primary: ring.primary_version(),
+        source: crate::master_key::source().unwrap_or("unknown"),
+    });
+    let rows = trust::rows(
+        loaded.as_ref(),
+        &live_keys(),
+        crate::vault::storage_for_new_keys(),
+    );
+    TableIterator::new(rows.into_iter().map(|r| {
+        (
+            r.version.map(i64::from),
+            r.is_primary,
+            r.source,
+            r.root_of_trust.to_string(),
+            r.live_keys,
+            r.stores_new_keys,
+        )
+    }))
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -199,6 +257,21 @@ mod tests {
         assert_eq!(
             (version, primary, source.as_deref()),
             (Some(1), Some(true), Some("file"))
+        );
+    }
+
+    #[pg_test]
+    fn master_key_status_counts_the_live_keys_each_version_serves() {
+        crate::tests_support::add("anthropic", &crate::tests_support::anthropic_key('m'));
+        let gone = crate::tests_support::add("openai", &crate::tests_support::openai_key('m'));
+        Spi::run(&format!("SELECT byok.revoke_key('{gone}')")).unwrap();
+        let (root, live, new_keys) = Spi::get_three::<String, i64, bool>(
+            "SELECT root_of_trust, live_keys, stores_new_keys FROM byok.master_key_status()",
+        )
+        .unwrap();
+        assert_eq!(
+            (root.as_deref(), live, new_keys),
+            (Some("pg_byok master key"), Some(1), Some(true))
         );
     }
 }

@@ -25,11 +25,11 @@ use crate::text::TextArg;
 use byok_core::storage::{self, Storage, VaultFailure, VaultPresence};
 use byok_core::{keys, mask, CoreError, Vendor};
 use pgrx::pg_sys::panic::CaughtError;
+use pgrx::pg_sys::PgBuiltInOids;
 use pgrx::pg_sys::PgTryBuilder;
 use pgrx::prelude::*;
-use pgrx::Uuid;
-use pgrx::pg_sys::PgBuiltInOids;
 use pgrx::spi::OwnedPreparedStatement;
+use pgrx::Uuid;
 use std::cell::{Cell, OnceCell};
 use std::ffi::CStr;
 
@@ -282,8 +282,8 @@ fn write_row(id: &Uuid, name: &str, plain: &[u8], if_absent: bool) -> Result<(),
     vault_call(|| {
         // Vault's noncegen is IMMUTABLE: called on its own, never folded
         // into a plan that could be reused.
-        let nonce = Spi::get_one::<Vec<u8>>("SELECT vault._crypto_aead_det_noncegen()")
-            .or_raise_spi();
+        let nonce =
+            Spi::get_one::<Vec<u8>>("SELECT vault._crypto_aead_det_noncegen()").or_raise_spi();
         Spi::run_with_args(
             &sql,
             &[
@@ -395,7 +395,7 @@ fn tampered(reason: &'static str) -> ! {
 
 /// The storage new keys go to, from byok.storage (`auto`: Vault where it
 /// is installed here and preloaded).
-fn storage_for_new_keys() -> Storage {
+pub(crate) fn storage_for_new_keys() -> Storage {
     let installed = || {
         Spi::get_one::<bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'supabase_vault')",

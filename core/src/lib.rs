@@ -26,6 +26,7 @@ pub mod redact;
 #[cfg(feature = "samples")]
 pub mod samples;
 pub mod storage;
+pub mod trust;
 pub mod vendor;
 mod vendor_name;
 

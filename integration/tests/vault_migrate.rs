@@ -231,8 +231,36 @@ fn interrupted_migration_carries_on() {
     );
     assert_eq!(native + vault, 300, "no key lost");
     assert_eq!(secrets, vault, "no key in both places, no orphan secret");
+    // Half way, master_key_status names both roots of trust and what each
+    // serves; new keys still go to the master key (byok.storage = native).
+    assert_eq!(
+        roots_of_trust(&mut db),
+        vec![
+            (Some(1), "pg_byok master key".to_string(), native, true),
+            (None, "Supabase Vault root key".to_string(), vault, false),
+        ]
+    );
     db.batch_execute("CALL byok.migrate_storage(target => 'vault', batch_size => 10)")
         .unwrap();
     assert_eq!(places(&mut db), (0, 300, 300));
     assert_eq!(all_open(&mut db), 300);
+    assert_eq!(
+        roots_of_trust(&mut db),
+        vec![
+            (Some(1), "pg_byok master key".to_string(), 0, true),
+            (None, "Supabase Vault root key".to_string(), 300, false),
+        ]
+    );
+}
+
+/// byok.master_key_status(): (version, root of trust, live keys, takes new keys).
+fn roots_of_trust(db: &mut Client) -> Vec<(Option<i64>, String, i64, bool)> {
+    db.query(
+        "SELECT version, root_of_trust, live_keys, stores_new_keys FROM byok.master_key_status()",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+    .collect()
 }
