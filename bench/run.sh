@@ -351,6 +351,16 @@ wal_per_key() {
     while [ "$(psql_ -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")" != 0 ]; do
         sleep 0.5
     done
+    # So does the usage worker: it writes the read runs' use counters into
+    # byok.key_usage (100k keys: 100k rows) within byok.usage_flush_interval.
+    # Wait until every counter is flushed (a flushed counter frees its
+    # slot); none is left to fall inside the measurement (adds count no uses).
+    local tries=0
+    until [ "$(psql_ -c "SELECT coalesce(bool_and(slots_used = 0), true) FROM byok.usage_status()")" = t ]; do
+        tries=$((tries + 1))
+        [ "$tries" -le 240 ] || { log "WARNING: no usage flush within 2 min; WAL figures may include one"; break; }
+        sleep 0.5
+    done
     for v in store-byok-superuser store-byok-postgrest store-vault store-pgcrypto store-plain; do
         if [ "$vault" = 0 ] && [ "$v" = store-vault ]; then continue; fi
         # No CHECKPOINT first: after the runs above, the pages an add touches
