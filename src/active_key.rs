@@ -134,7 +134,7 @@ pub(crate) fn read(workspace_id: &Uuid, vendor: &str) -> Option<Option<KeyRow>> 
 ///
 /// # Safety
 /// `rel` is an open relation.
-unsafe fn column(rel: pg_sys::Relation, name: &CStr, typ: Oid) -> Option<(i16, Oid)> {
+pub(crate) unsafe fn column(rel: pg_sys::Relation, name: &CStr, typ: Oid) -> Option<(i16, Oid)> {
     // SAFETY: `rel` is open (the caller's contract): its tuple descriptor
     // and attribute names are valid for the call.
     unsafe {
@@ -259,7 +259,7 @@ unsafe fn predicate_is_status_active(index: pg_sys::Relation, status: i16) -> bo
 ///
 /// # Safety
 /// An active snapshot is set.
-unsafe fn query_snapshot() -> pg_sys::Snapshot {
+pub(crate) unsafe fn query_snapshot() -> pg_sys::Snapshot {
     // SAFETY: an active snapshot is set (the caller's contract); the
     // snapshot is registered, so it stays valid until unregistered.
     unsafe {

@@ -28,6 +28,7 @@ mod usage;
 mod usage_worker;
 mod use_key;
 mod vault;
+mod vault_read;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests_support;

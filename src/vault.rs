@@ -51,6 +51,10 @@ thread_local! {
     /// relation cache entry (or a reset of all of them) clears the trust,
     /// not every table's, which autovacuum and DDL elsewhere touch often.
     static SECRETS_RELID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+    /// `vault._crypto_aead_det_decrypt`'s oid when trust was last
+    /// established, for the direct read (vault_read.rs); a change to any
+    /// function clears the trust, and the next check looks it up again.
+    static DECRYPT_FN: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
     /// The read of a secret row, planned once per backend (kept_plan.rs).
     static READ_PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
     static CALLBACKS_REGISTERED: Cell<bool> = const { Cell::new(false) };
@@ -175,6 +179,15 @@ fn problem() -> Option<String> {
     Spi::get_one::<String>("SELECT byok._vault_problem()").or_raise_spi()
 }
 
+/// The oid of the decrypt function `byok._vault_problem()` just vouched for.
+fn decrypt_fn() -> pg_sys::Oid {
+    Spi::get_one::<pg_sys::Oid>(
+        "SELECT pg_catalog.to_regprocedure('vault._crypto_aead_det_decrypt(bytea, bytea, bigint, bytea, bytea)')::pg_catalog.oid",
+    )
+    .or_raise_spi()
+    .unwrap_or(pg_sys::InvalidOid)
+}
+
 /// Vault is installed, new enough, genuine, preloaded, and its root key is
 /// the one this database's secrets were encrypted with.
 fn require_vault() -> Result<(), CoreError> {
@@ -194,6 +207,7 @@ fn require_vault() -> Result<(), CoreError> {
             VAULT_TRUSTED.set(false);
             return Err(CoreError::VaultNotPreloaded);
         }
+        DECRYPT_FN.set(decrypt_fn());
     }
     if !ROOT_KEY_CHECKED.get() && check_root_key()? {
         ROOT_KEY_CHECKED.set(true);
@@ -303,6 +317,21 @@ fn write_row(id: &Uuid, name: &str, plain: &[u8], if_absent: bool) -> Result<(),
 /// only after require_vault, and Postgres re-plans it when vault.secrets or
 /// Vault's functions change, which also clears the trust.
 fn read_row(id: &Uuid, name: &str) -> Option<(String, Option<Vec<u8>>)> {
+    // Straight from the table and one call of Vault's decrypt, where that
+    // returns what the query would (vault_read.rs); else the query.
+    let decrypt = DECRYPT_FN.get();
+    if VAULT_TRUSTED.get() && decrypt != pg_sys::InvalidOid {
+        if let Some(found) = crate::vault_read::read(SECRETS_RELID.get(), id) {
+            return found.map(|row| {
+                let plain = if row.name.as_deref() == Some(name) {
+                    crate::vault_read::decrypt(decrypt, id, &row)
+                } else {
+                    None
+                };
+                (row.name.unwrap_or_default(), plain)
+            });
+        }
+    }
     Spi::connect_mut(|client| {
         let args = [(*id).into(), name.into()];
         with_plan(
