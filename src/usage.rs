@@ -155,6 +155,12 @@ static FLUSHER_DB: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"pg_byok usage 
 static UNCOUNTED: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"pg_byok usage uncounted") };
 /// When the worker last committed a flush (`TimestampTz`; 0: never).
 static LAST_FLUSH: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"pg_byok usage last flush") };
+/// The flusher's PGPROC number + 1 (0: no flusher), so a backend that fills
+/// half the table can wake it before its interval is up.
+static FLUSHER_PROC: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"pg_byok usage flusher proc") };
+/// A backend has asked for an early flush and the flusher has not woken
+/// since: one wake-up per fill, not one per use.
+static FLUSH_ASKED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"pg_byok usage flush asked") };
 
 /// Set in `_PG_init` when preloading, inherited by every forked process;
 /// false in a backend that loaded the library later (no shared memory).
@@ -169,6 +175,8 @@ pub fn init() {
     pg_shmem_init!(FLUSHER_DB);
     pg_shmem_init!(UNCOUNTED);
     pg_shmem_init!(LAST_FLUSH);
+    pg_shmem_init!(FLUSHER_PROC);
+    pg_shmem_init!(FLUSH_ASKED);
     IN_SHARED_MEMORY.store(true, Ordering::Relaxed);
 }
 
@@ -236,7 +244,50 @@ pub fn count(slot: Slot, now: i64) -> bool {
         last_used: now,
     };
     state.taken += 1;
+    let half_full = state.taken * 2 >= slot_limit();
+    drop(state);
+    if half_full {
+        ask_for_flush();
+    }
     true
+}
+
+/// Wake the flusher now: half the counters are taken, and once they all
+/// are, every use is written through (a write and a commit per call) until
+/// the next flush. Many keys used between two flushes (100k keys at 10k
+/// calls/s) would otherwise fill the table well before the interval ends.
+fn ask_for_flush() {
+    if FLUSH_ASKED.get().swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let proc = FLUSHER_PROC.get().load(Ordering::Acquire);
+    if proc == 0 {
+        FLUSH_ASKED.get().store(false, Ordering::Release);
+        return;
+    }
+    // SAFETY: ProcGlobal's array holds every PGPROC for the server's life;
+    // `proc - 1` is the number the flusher published from its own MyProc.
+    // Setting a latch is allowed from any process; should the flusher have
+    // exited and its slot been reused, the owner only wakes up spuriously,
+    // which every latch wait allows for.
+    unsafe {
+        let procs = (*pg_sys::ProcGlobal).allProcs;
+        pg_sys::SetLatch(&raw mut (*procs.add(proc as usize - 1)).procLatch);
+    }
+}
+
+/// The flusher publishes itself (`Some(pgprocno)`) at start and withdraws
+/// (`None`) when it stops.
+pub fn set_flusher_proc(procno: Option<i32>) {
+    let value = procno
+        .and_then(|p| u32::try_from(p).ok())
+        .map_or(0, |p| p + 1);
+    FLUSHER_PROC.get().store(value, Ordering::Release);
+}
+
+/// The flusher woke: later fills may ask again.
+pub fn flush_asked_done() {
+    FLUSH_ASKED.get().store(false, Ordering::Release);
 }
 
 /// A use a standby could not count (every slot taken, nothing writable).

@@ -49,13 +49,18 @@ pub extern "C-unwind" fn byok_usage_worker_main(_arg: pg_sys::Datum) {
     // SAFETY: set by BackgroundWorkerInitializeConnection just above.
     let db = unsafe { pg_sys::MyDatabaseId };
     usage::set_flusher_db(db.to_u32());
+    // SAFETY: MyProc is this worker's own PGPROC, set up before its main
+    // function runs.
+    usage::set_flusher_proc(Some(unsafe { (*pg_sys::MyProc).pgprocno }));
     log!("pg_byok usage flusher started in database \"{database}\"");
     let mut installed_logged = false;
     loop {
         let interval = u64::try_from(USAGE_FLUSH_INTERVAL.get())
             .unwrap_or(10)
             .max(1);
+        // Woken early when a backend has filled half the counters.
         let running = BackgroundWorker::wait_latch(Some(Duration::from_secs(interval)));
+        usage::flush_asked_done();
         if BackgroundWorker::sighup_received() {
             // SAFETY: the documented way for a worker to apply a reload.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -80,6 +85,7 @@ pub extern "C-unwind" fn byok_usage_worker_main(_arg: pg_sys::Datum) {
             break;
         }
     }
+    usage::set_flusher_proc(None);
 }
 
 /// Whether this database has pg_byok with its usage table (0.2.0).

@@ -270,6 +270,17 @@ fn a_full_counter_table_writes_the_use_through() {
             (ws, key, info.id)
         })
         .collect();
+    // The first use takes one of the two slots: half full, so the worker is
+    // woken at once. It is held up here (its flush waits for the lock on
+    // the first key's row, where it notes last_used_at) so that the table
+    // stays full while the third key is used.
+    let mut holder = c.client();
+    let mut hold = holder.transaction().unwrap();
+    hold.execute(
+        "SELECT 1 FROM byok.keys WHERE id = $1 FOR UPDATE",
+        &[&keys[0].2],
+    )
+    .unwrap();
     for (ws, key, _) in &keys {
         use_n(&c, *ws, "anthropic", key, 2);
     }
@@ -296,6 +307,57 @@ fn a_full_counter_table_writes_the_use_through() {
         .unwrap();
     let (used, slots): (i32, i32) = (r.get(0), r.get(1));
     assert_eq!((used, slots), (2, 2));
+    // Let the woken worker finish: every use is then in the table once.
+    hold.rollback().unwrap();
+    wait_until(
+        "the held-up flush completes",
+        Duration::from_secs(30),
+        || keys.iter().all(|k| uses_of(&mut admin, k.2) == 2),
+    );
+}
+
+/// Many keys used between two flushes fill the table long before the
+/// interval ends; at half full a backend wakes the worker, so uses stay in
+/// shared memory instead of being written through one by one.
+#[test]
+fn half_full_counters_wake_the_worker_before_its_interval() {
+    let c = counted_cluster(ClusterOptions {
+        extra_conf: vec![
+            "byok.usage_slots = 8".into(),
+            "byok.usage_flush_interval = 3600".into(),
+        ],
+        ..Default::default()
+    });
+    let keys: Vec<_> = (0..4)
+        .map(|i| {
+            let ws = Uuid::new_v4();
+            let key = sample_key("openai", 60 + i);
+            let info = add_active(&c, ws, "openai", &key);
+            (ws, key, info.id)
+        })
+        .collect();
+    for (ws, key, _) in &keys {
+        use_n(&c, *ws, "openai", key, 1);
+    }
+    // Four of eight slots taken: flushed now, not in an hour.
+    let mut admin = c.client();
+    wait_until(
+        "the half-full counters are flushed",
+        Duration::from_secs(30),
+        || keys.iter().all(|k| uses_of(&mut admin, k.2) == 1),
+    );
+    for k in &keys {
+        assert_eq!(
+            live_uses_of(&mut admin, k.2),
+            0,
+            "flushed, not counted twice"
+        );
+    }
+    let used: i32 = admin
+        .query_one("SELECT slots_used FROM byok.usage_status()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(used, 0, "a flush frees the slots it wrote");
 }
 
 #[test]
