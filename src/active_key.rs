@@ -85,23 +85,11 @@ pub(crate) fn read(workspace_id: &Uuid, vendor: &str) -> Option<Option<KeyRow>> 
         return None;
     }
     // SAFETY: table_open locks and opens the relation by oid (raising an
-    // ERROR if it was dropped since the name lookup); the checks read the
-    // syscache for the locked relation and the current user.
+    // ERROR if it was dropped since the name lookup); the relation is open
+    // for the checks.
     let rel = unsafe {
         let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
-        let user = pg_sys::GetUserId();
-        let rls = pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, true);
-        let usage = pg_sys::pg_namespace_aclcheck(
-            (*(*rel).rd_rel).relnamespace,
-            user,
-            pg_sys::ACL_USAGE as pg_sys::AclMode,
-        );
-        let acl = pg_sys::pg_class_aclcheck(relid, user, pg_sys::ACL_SELECT as pg_sys::AclMode);
-        if (*(*rel).rd_rel).relkind != pg_sys::RELKIND_RELATION as core::ffi::c_char
-            || rls == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
-            || usage != pg_sys::AclResult::ACLCHECK_OK
-            || acl != pg_sys::AclResult::ACLCHECK_OK
-        {
+        if !readable_as_the_query(rel) {
             pg_sys::table_close(rel, pg_sys::NoLock as i32);
             return None;
         }
@@ -128,6 +116,35 @@ pub(crate) fn read(workspace_id: &Uuid, vendor: &str) -> Option<Option<KeyRow>> 
         pg_sys::table_close(rel, pg_sys::NoLock as i32);
     }
     Some(row)
+}
+
+/// Would a query read `rel` as this read does? A plain table, no
+/// row-level security binding the current user (`check_enable_rls`, the
+/// planner's own test), USAGE on its schema (as parsing checks) and SELECT
+/// on it (as the executor checks). Otherwise the caller leaves the read to
+/// the query, which applies the policy or raises the permission error.
+/// Shared by the direct reads of byok.keys and vault.secrets.
+///
+/// # Safety
+/// `rel` is open and locked.
+pub(crate) unsafe fn readable_as_the_query(rel: pg_sys::Relation) -> bool {
+    // SAFETY: `rel` is open (the caller's contract); the checks read the
+    // syscache for it and the current user.
+    unsafe {
+        let relid = (*rel).rd_id;
+        let user = pg_sys::GetUserId();
+        let rls = pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, true);
+        let usage = pg_sys::pg_namespace_aclcheck(
+            (*(*rel).rd_rel).relnamespace,
+            user,
+            pg_sys::ACL_USAGE as pg_sys::AclMode,
+        );
+        let acl = pg_sys::pg_class_aclcheck(relid, user, pg_sys::ACL_SELECT as pg_sys::AclMode);
+        (*(*rel).rd_rel).relkind == pg_sys::RELKIND_RELATION as core::ffi::c_char
+            && rls != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+            && usage == pg_sys::AclResult::ACLCHECK_OK
+            && acl == pg_sys::AclResult::ACLCHECK_OK
+    }
 }
 
 /// The column of `rel` named `name` of type `typ`, not dropped.

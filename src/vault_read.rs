@@ -19,7 +19,7 @@
 //! in this backend: the table's oid and the decrypt function's oid come from
 //! that check, and a catalog change to either clears it (vault.rs).
 
-use crate::active_key::{column, query_snapshot};
+use crate::active_key::{column, query_snapshot, readable_as_the_query};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::{FromDatum, IntoDatum, Uuid};
 
@@ -49,26 +49,13 @@ pub(crate) fn read(relid: Oid, id: &Uuid) -> Option<Option<SecretRow>> {
         return None;
     }
     // SAFETY: try_table_open locks and opens the relation by oid, NULL when
-    // it was dropped since; the checks read the syscache for the locked
-    // relation and the current user.
+    // it was dropped since; the relation is open for the checks.
     let rel = unsafe {
         let rel = pg_sys::try_table_open(relid, pg_sys::AccessShareLock as i32);
         if rel.is_null() {
             return None;
         }
-        let user = pg_sys::GetUserId();
-        let rls = pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, true);
-        let usage = pg_sys::pg_namespace_aclcheck(
-            (*(*rel).rd_rel).relnamespace,
-            user,
-            pg_sys::ACL_USAGE as pg_sys::AclMode,
-        );
-        let acl = pg_sys::pg_class_aclcheck(relid, user, pg_sys::ACL_SELECT as pg_sys::AclMode);
-        if (*(*rel).rd_rel).relkind != pg_sys::RELKIND_RELATION as core::ffi::c_char
-            || rls == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
-            || usage != pg_sys::AclResult::ACLCHECK_OK
-            || acl != pg_sys::AclResult::ACLCHECK_OK
-        {
+        if !readable_as_the_query(rel) {
             pg_sys::table_close(rel, pg_sys::NoLock as i32);
             return None;
         }
