@@ -444,6 +444,19 @@ waldump_one store-plain "INSERT INTO bench.plain_keys (workspace_id, vendor, api
 profile_add_key "$([ "$quick" = 1 ] && echo 200 || echo 2000)"
 
 # ------------------------------------------------------- the pipeline side
+# The steps above leave work behind on this cluster (autovacuum of 100k-row
+# tables, the usage worker's flushes, dirty buffers): finish it first, so it
+# does not run beside graphile-worker (which uses this cluster) or the
+# sidecars (whose cluster is their own, on the same two cores).
+log "quiescing the cluster before the pipeline: VACUUM, usage flush, CHECKPOINT"
+psql_ -c 'VACUUM ANALYZE' >/dev/null
+tries=0
+until [ "$(psql_ -c "SELECT coalesce(bool_and(slots_used = 0), true) FROM byok.usage_status()")" = t ]; do
+    tries=$((tries + 1))
+    [ "$tries" -le 240 ] || { log "WARNING: no usage flush within 2 min"; break; }
+    sleep 0.5
+done
+psql_ -c 'CHECKPOINT' >/dev/null
 vendor_for() {  # latency_ms -> starts the mock vendor, sets vendor_url
     "$mock_bin" --listen 127.0.0.1:0 --slow-ms "$1" >"$dir/mock-$1.out" 2>"$dir/mock-$1.err" &
     pids+=($!)
@@ -476,6 +489,9 @@ done
 # trickle p50/p99, peak RSS).
 if [ -f bench/pipeline.rs ] && grep -q 'bench/pipeline.rs' integration/Cargo.toml 2>/dev/null; then
     log "the sidecar side: bench/pipeline.rs"
+    # Its cluster is its own: this one is not needed any more, and is
+    # stopped so its background processes take no CPU from the sidecars'.
+    as_pg "$bin/pg_ctl" stop -m fast -D "$dir/data" >/dev/null
     extdir=$dir/extension-files
     mkdir -p "$extdir"
     cp "$pkg_lib/pg_byok.so" "$pkg_ext"/pg_byok.control "$pkg_ext"/pg_byok--*.sql "$extdir/"

@@ -21,15 +21,20 @@ CREATE TABLE byok.key_usage (
     uses         bigint NOT NULL CHECK (uses > 0),
     last_used_at timestamptz NOT NULL,
     PRIMARY KEY (key_id, role, hour)
-);
+) WITH (fillfactor = 70);  -- room for the flush's in-place (HOT) additions
 CREATE INDEX key_usage_by_workspace ON byok.key_usage (workspace_id, hour);
 COMMENT ON TABLE byok.key_usage IS
     'pg_byok: use_key calls per key, calling role and hour (flushed from shared memory)';
 
 -- Add counted uses (parallel arrays: key, role oid, hour, uses, last use).
--- Keys that no longer exist (or that this transaction cannot see) are left
--- out and returned, so the worker keeps their counters for a while instead
--- of losing them. keys.last_used_at only moves forward, to the hour.
+-- A counter whose row exists is added to it in place: key_usage keeps room
+-- on its pages (fillfactor) so that update is HOT and touches no index,
+-- and it needs no look at byok.keys. Only a new (key, role, hour) row
+-- reads its key, for the workspace and vendor it records, and moves
+-- keys.last_used_at (at most once an hour, so flushes do not bloat
+-- byok.keys and the index use_key reads). Keys that no longer exist (or
+-- that this transaction cannot see) are left out and returned, so the
+-- worker keeps their counters for a while instead of losing them.
 CREATE FUNCTION byok._count_uses(key_ids uuid[], role_ids bigint[], hours timestamptz[],
                                  uses bigint[], last_used timestamptz[])
 RETURNS uuid[]
@@ -44,28 +49,43 @@ BEGIN
                  AS c(key_id, role_id, hour, uses, last_used)
           LEFT JOIN pg_roles r ON r.oid = c.role_id::oid
          GROUP BY 1, 2, 3
+    ), added AS (
+        UPDATE byok.key_usage t
+           SET uses = t.uses + u.uses,
+               last_used_at = greatest(t.last_used_at, u.last_used)
+          FROM u
+         WHERE t.key_id = u.key_id AND t.role = u.role AND t.hour = u.hour
+    ), fresh AS MATERIALIZED (
+        -- Counters with no row yet, by the index (the rows `added` updates
+        -- are exactly those this statement's snapshot holds), and their
+        -- keys where they exist. Every join here is an index probe, so no
+        -- plan can make a large flush quadratic.
+        SELECT u.*, k.id AS found, k.workspace_id, k.vendor, k.last_used_at AS key_last_used
+          FROM u LEFT JOIN byok.keys k ON k.id = u.key_id
+         WHERE NOT EXISTS (SELECT 1 FROM byok.key_usage t
+                            WHERE t.key_id = u.key_id AND t.role = u.role AND t.hour = u.hour)
     ), counted AS (
+        -- ON CONFLICT: a use written through by use_key itself may have
+        -- created the row since this statement's snapshot.
         INSERT INTO byok.key_usage AS t (key_id, workspace_id, vendor, role, hour, uses, last_used_at)
-        SELECT u.key_id, k.workspace_id, k.vendor, u.role, u.hour, u.uses, u.last_used
-          FROM u JOIN byok.keys k ON k.id = u.key_id
+        SELECT f.key_id, f.workspace_id, f.vendor, f.role, f.hour, f.uses, f.last_used
+          FROM fresh f WHERE f.found IS NOT NULL
         ON CONFLICT (key_id, role, hour) DO UPDATE
            SET uses = t.uses + excluded.uses,
                last_used_at = greatest(t.last_used_at, excluded.last_used_at)
         RETURNING t.key_id
-    ), latest AS (
-        SELECT u.key_id, max(u.last_used) AS at FROM u GROUP BY u.key_id
     ), touched AS (
-        -- To the hour: a key's row is written at most once an hour, so
-        -- flushes do not bloat byok.keys and the index use_key reads.
         UPDATE byok.keys k SET last_used_at = l.at
-          FROM latest l
+          FROM (SELECT f.key_id, max(f.last_used) AS at FROM fresh f
+                 WHERE f.found IS NOT NULL
+                   AND (f.key_last_used IS NULL OR f.key_last_used < date_trunc('hour', f.last_used))
+                 GROUP BY f.key_id) l
          WHERE k.id = l.key_id
-           AND (k.last_used_at IS NULL OR k.last_used_at < l.at - interval '1 hour')
+           AND (k.last_used_at IS NULL OR k.last_used_at < date_trunc('hour', l.at))
         RETURNING k.id
     )
-    SELECT coalesce(array_agg(DISTINCT c.key_id), '{}') INTO missing
-      FROM unnest(key_ids) AS c(key_id)
-     WHERE NOT EXISTS (SELECT 1 FROM byok.keys k WHERE k.id = c.key_id);
+    SELECT coalesce(array_agg(DISTINCT f.key_id), '{}') INTO missing
+      FROM fresh f WHERE f.found IS NULL;
     RETURN missing;
 END
 $$;

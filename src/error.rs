@@ -49,6 +49,10 @@ pub enum ExtError {
     /// cannot be written there.
     #[error("byok.use_audit is 'each' (an audit row per use_key), and this server is a read-only hot standby")]
     EachUseOnStandby,
+    /// A kept plan was about to run without pg_byok's pinned search_path
+    /// (pinned_path.rs): a bug in pg_byok, refused rather than run.
+    #[error("a pg_byok query was about to run without its pinned search_path")]
+    Unpinned,
 }
 
 impl ExtError {
@@ -72,6 +76,7 @@ impl ExtError {
             ExtError::NotConsumer => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             ExtError::NoActiveKey { .. } => PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
             ExtError::EachUseOnStandby => PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            ExtError::Unpinned => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }
 
@@ -114,6 +119,9 @@ impl ExtError {
                 "Call use_key on the primary, or set byok.use_audit = 'aggregate' for this standby \
                  (its uses are then counted in its shared memory: byok.key_usage_live)."
                     .into(),
+            ),
+            ExtError::Unpinned => Some(
+                "This is a bug in pg_byok: report it with the statement that raised it.".into(),
             ),
         }
     }

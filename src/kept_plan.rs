@@ -2,8 +2,9 @@
 //! (use_key, the read of a vault-stored key): parsing and planning a query
 //! costs more than running it. Postgres re-plans a kept plan when a table
 //! or function it depends on changes, so a kept plan never runs against a
-//! stale catalog; what it calls is resolved under the caller's pinned
-//! search_path when it is (re-)planned.
+//! stale catalog; what it calls is resolved under the pinned search_path
+//! (pinned_path.rs) when it is (re-)planned, and it refuses to run under
+//! any other.
 
 use pgrx::pg_sys::{PgBuiltInOids, PgOid};
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
@@ -22,6 +23,9 @@ pub(crate) fn with_plan<'c, R>(
     writes: bool,
     f: impl FnOnce(&OwnedPreparedStatement, &mut SpiClient<'c>) -> R,
 ) -> R {
+    // A kept plan is re-planned, and so resolves names, under whatever
+    // search_path is current: only ever the pinned one.
+    crate::pinned_path::require_pinned();
     cell.with(|c| {
         let plan = c.get_or_init(|| {
             let oids: Vec<PgOid> = types.iter().map(|t| PgOid::BuiltIn(*t)).collect();

@@ -17,6 +17,7 @@ mod error;
 mod kept_plan;
 mod log_hook;
 mod master_key;
+mod pinned_path;
 mod queue;
 mod rewrap;
 mod schema;

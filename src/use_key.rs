@@ -1,22 +1,24 @@
 //! `byok.use_key`, the hot path: one Rust function instead of PL/pgSQL with
 //! a query per PERFORM, and no write per call.
 //!
-//! Declared SECURITY DEFINER with a pinned search_path like every other API
-//! function, it checks what the PL/pgSQL version checked, in the same order
-//! and with the same errors: NULL arguments (22004), the caller's
-//! membership of byok_consumer (42501), the vendor (22023), an active key
-//! (P0002, with the pending hint). The key row is read straight from its
-//! index (active_key.rs), or, where that read cannot stand in for the query
-//! (row-level security applies to the definer, say), with a plan kept for
-//! the backend's life (Postgres re-plans it when the table changes). The use is
-//! counted in shared memory (usage.rs) or, where that cannot take it, written
-//! to `byok.key_usage` at once; `byok.use_audit = 'each'` also writes the
+//! Declared SECURITY DEFINER like every other API function (its
+//! search_path pinned off the hot path only: pinned_path.rs), it checks
+//! what the PL/pgSQL version checked, in the same order and with the same
+//! errors: NULL arguments (22004), the caller's membership of byok_consumer
+//! (42501), the vendor (22023), an active key (P0002, with the pending
+//! hint). The key row is read straight from its index (active_key.rs), or,
+//! where that read cannot stand in for the query (row-level security
+//! applies to the definer, say), with a plan kept for the backend's life
+//! (Postgres re-plans it when the table changes). The use is counted in
+//! shared memory (usage.rs) or, where that cannot take it, written to
+//! `byok.key_usage` at once; `byok.use_audit = 'each'` also writes the
 //! per-call audit row of 0.1.0. The plaintext goes nowhere but the return
 //! value: it is never logged, stored, or put in an error.
 
 use crate::active_key::{self, KeyRow};
 use crate::error::{ExtError, OrRaise, OrRaiseSpi};
 use crate::kept_plan::with_plan;
+use crate::pinned_path::pinned;
 use crate::settings::{UseAudit, USE_AUDIT};
 use crate::text::TextArg;
 use crate::usage;
@@ -92,8 +94,9 @@ fn is_consumer(role: pg_sys::Oid) -> bool {
     }
 }
 
+// No `#[search_path]`: the hot path below needs none (pinned_path.rs), and
+// everything else runs under `pinned`.
 #[pg_extern(volatile, security_definer, name = "use_key")]
-#[search_path(pg_catalog, pg_temp)]
 fn use_key(workspace_id: Option<Uuid>, vendor: Option<TextArg<'_>>) -> String {
     let workspace_id = workspace_id.unwrap_or_else(|| {
         ExtError::Required {
@@ -114,12 +117,38 @@ fn use_key(workspace_id: Option<Uuid>, vendor: Option<TextArg<'_>>) -> String {
         ExtError::EachUseOnStandby.raise();
     }
 
-    // The row is read straight from the index (active_key.rs) where that
-    // read returns what the query would; otherwise by the query.
-    let key = match active_key::read(&workspace_id, vendor.as_str()) {
+    // The hot path: the row straight from the index (active_key.rs), a
+    // native envelope opened in Rust, the use counted in shared memory. It
+    // runs no query and resolves no name, so the caller's search_path
+    // cannot reach it; anything else runs with the search_path pinned.
+    let read = active_key::read(&workspace_id, vendor.as_str());
+    if let (Some(Some(key)), false) = (&read, each) {
+        if let Some(blob) = key.ciphertext.as_deref() {
+            let plain = crate::sealing::open_key(&key.id, &workspace_id, vendor, blob);
+            if !count_use(&key.id, caller, in_recovery) {
+                pinned(|| write_use_now(&key.id, caller));
+            }
+            return plain;
+        }
+    }
+    pinned(|| use_key_pinned(read, &workspace_id, vendor, caller, each, in_recovery))
+}
+
+/// Everything but the hot path: the key by the kept query where the direct
+/// read could not stand in for it, a Vault-stored key, the pending hint,
+/// the written-through use and the per-call audit row.
+fn use_key_pinned(
+    read: Option<Option<KeyRow>>,
+    workspace_id: &Uuid,
+    vendor: Vendor,
+    caller: pg_sys::Oid,
+    each: bool,
+    in_recovery: bool,
+) -> String {
+    let key = match read {
         Some(Some(row)) => Ok(row),
-        Some(None) => Err(pending_key(&workspace_id, vendor)),
-        None => active_key_by_query(&workspace_id, vendor),
+        Some(None) => Err(pending_key(workspace_id, vendor)),
+        None => active_key_by_query(workspace_id, vendor),
     };
     let key = key.unwrap_or_else(|pending| {
         ExtError::NoActiveKey {
@@ -129,11 +158,17 @@ fn use_key(workspace_id: Option<Uuid>, vendor: Option<TextArg<'_>>) -> String {
         }
         .raise()
     });
-    let plain = decrypt(&key, &workspace_id, vendor);
-    record_use(&key.id, caller, in_recovery);
+    let plain = decrypt(&key, workspace_id, vendor);
+    if !count_use(&key.id, caller, in_recovery) {
+        write_use_now(&key.id, caller);
+    }
     if each {
         Spi::connect_mut(|client| {
-            let args = [key.id.into(), workspace_id.into(), vendor.as_str().into()];
+            let args = [
+                key.id.into(),
+                (*workspace_id).into(),
+                vendor.as_str().into(),
+            ];
             with_plan(
                 &AUDIT_PLAN,
                 client,
@@ -200,29 +235,37 @@ fn pending_key(workspace_id: &Uuid, vendor: Vendor) -> bool {
 }
 
 /// Count the use in shared memory when a flusher serves this database (or
-/// this is a standby, where nothing else is possible); otherwise, or when
-/// every slot is taken, write it to byok.key_usage in this transaction.
-fn record_use(key_id: &Uuid, caller: pg_sys::Oid, in_recovery: bool) {
+/// this is a standby, where nothing else is possible). False when the use
+/// must be written to byok.key_usage in this transaction instead (no
+/// flusher here, or every slot taken): a query, so the caller pins the
+/// search_path for `write_use_now`.
+fn count_use(key_id: &Uuid, caller: pg_sys::Oid, in_recovery: bool) -> bool {
     // SAFETY: plain reads of backend globals.
     let (now, db) = unsafe { (pg_sys::GetCurrentTimestamp(), pg_sys::MyDatabaseId) };
-    let hour = usage::hour_of(now);
     let slot = usage::Slot {
         db: db.to_u32(),
         key_id: *key_id.as_bytes(),
         role: caller.to_u32(),
-        hour,
+        hour: usage::hour_of(now),
     };
     let shared = usage::available() && (in_recovery || usage::flusher_db() == db.to_u32());
     if shared && usage::count(slot, now) {
-        return;
+        return true;
     }
     if in_recovery {
         if usage::available() {
             usage::note_uncounted();
         }
-        return;
+        return true;
     }
-    write_use(key_id, caller, hour, now);
+    false
+}
+
+/// The use `count_use` could not count, written through now.
+fn write_use_now(key_id: &Uuid, caller: pg_sys::Oid) {
+    // SAFETY: plain clock read.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    write_use(key_id, caller, usage::hour_of(now), now);
 }
 
 /// One use written through to byok.key_usage (and keys.last_used_at).

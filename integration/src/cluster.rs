@@ -531,6 +531,11 @@ impl Cluster {
         self.connect(role, "byok")
     }
 
+    /// A session as LOGIN role `role` in database `db`.
+    pub fn client_as_in(&self, role: &str, db: &str) -> postgres::Client {
+        self.connect(role, db)
+    }
+
     /// Like [`Cluster::client_as`] but returns the error (for "cannot log in" checks).
     pub fn try_client_as(&self, role: &str) -> Result<postgres::Client, postgres::Error> {
         self.config(role, "byok").connect(postgres::NoTls)
