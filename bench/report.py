@@ -187,6 +187,22 @@ class Report:
         vault, byok, plain, byok_vault = (1.0 / t for t in tps)
         return (vault + byok - plain) / byok_vault
 
+    def first_use_table(self):
+        rows = {}
+        for level, v, secs in (t[:3] for t in self.r.get("firstuse", []) if len(t) >= 3):
+            if num(secs) is not None:
+                rows[(level, v)] = num(secs)
+        if not rows:
+            return "No first-use pass in this run."
+        out = ["| call | stored keys | one statement reading every key once: seconds | µs per key |",
+               "|---|---|---|---|"]
+        for v in READS:
+            for level in sorted({k[0] for k in rows}, key=int):
+                if (level, v) in rows:
+                    secs = rows[(level, v)]
+                    out.append(f"| {NAMES[v]} | {keys_label(level)} | {secs:.2f} | {secs * 1e6 / int(level):.0f} |")
+        return "\n".join(out)
+
     def wal_rows(self):
         rows = {}
         for level, v, n, diff, records, fpi in (w[:6] for w in self.r["wal"] if len(w) >= 6):
@@ -354,6 +370,12 @@ class Report:
             "### Reading a key",
             self.calls_table(READS, "read-vault" if self.vault else "read-plain"),
             f"![reads]({svg_prefix}reads.svg)",
+            "Before each level's runs every stored key is read once by each read variant, one statement "
+            "each (untimed by pgbench, timed here), and the usage worker's flush of those uses is waited "
+            "for, so the runs above measure the steady state. The first use of a key in an hour is where "
+            "pg_byok's record of uses writes (a `byok.key_usage` row, and `keys.last_used_at`, flushed "
+            "by the background worker after this statement, so not in these seconds).",
+            self.first_use_table(),
             "### Storing a key",
             self.calls_table(STORES, "store-vault" if self.vault else "store-plain"),
             f"![stores]({svg_prefix}stores.svg)",

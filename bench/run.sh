@@ -325,8 +325,40 @@ pgb() {  # variant sync seconds|-t N [clients] -> pgbench output
         { echo "pgbench $v failed:" >&2; cat "$dir/pgbench.err" >&2; return 1; }
 }
 
+# Before a level's runs, every stored key is read once by each read variant,
+# one statement each (timed: the "first use" table), and the usage worker's
+# flush of those uses is waited for. The runs then measure the steady state
+# the issue asks about (costs flat from 1k to 100k keys): with 100k keys a
+# 15 s run would otherwise be mostly each key's first use in the hour, which
+# pg_byok records with a row write (byok.key_usage) and Vault not at all.
+declare -A first_use=(
+    [read-byok]="SELECT count(byok.use_key(bench.ws(n), 'anthropic')) FROM generate_series(1, KEYS) n"
+    [read-byok-vault]="SELECT count(byok.use_key(bench.ws($vault_ws + n), 'anthropic')) FROM generate_series(1, KEYS) n"
+    [read-vault]="SELECT count((SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = (SELECT secret_id FROM bench.vault_map WHERE workspace_id = bench.ws(n) AND vendor = 'anthropic'))) FROM generate_series(1, KEYS) n"
+    [read-pgcrypto]="SELECT count((SELECT pgp_sym_decrypt(secret, 'bench passphrase') FROM bench.pgc_keys WHERE workspace_id = bench.ws(n) AND vendor = 'anthropic')) FROM generate_series(1, KEYS) n"
+    [read-plain]="SELECT count((SELECT api_key FROM bench.plain_keys WHERE workspace_id = bench.ws(n) AND vendor = 'anthropic')) FROM generate_series(1, KEYS) n"
+)
+use_every_key() {
+    local level=$1 v a b tries
+    for v in read-byok read-byok-vault read-vault read-pgcrypto read-plain; do
+        if [ "$vault" = 0 ] && [[ $v == *-vault ]]; then continue; fi
+        a=$(date +%s.%N)
+        as_pg "$sysbin/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$dir" -U "${login[$v]:-postgres}" -d postgres \
+            -c "${first_use[$v]//KEYS/$level}" >/dev/null
+        b=$(date +%s.%N)
+        rec firstuse "$level" "$v" "$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", b - a }')"
+    done
+    tries=0
+    until [ "$(psql_ -c "SELECT coalesce(bool_and(slots_used = 0), true) FROM byok.usage_status()")" = t ]; do
+        tries=$((tries + 1))
+        [ "$tries" -le 240 ] || { log "WARNING: no usage flush within 2 min after the first uses"; break; }
+        sleep 0.5
+    done
+}
+
 run_level() {
     local level=$1 r i v sync o
+    use_every_key "$level"
     for ((r = 0; r < runs; r++)); do
         for sync in on off; do
             for ((i = 0; i < ${#variants[@]}; i++)); do
