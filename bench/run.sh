@@ -42,8 +42,12 @@
 #                workspace the sub is a member of in the attached members
 #                table; COMMIT) | vault.create_secret | pgp_sym_encrypt
 #                INSERT | a plain INSERT
-#   at 1k and 100k stored keys (quick: 1k). Rows the store variants add are
-#   deleted again (and the tables VACUUMed) before the next level.
+#   at 1k and 100k stored keys (quick: 1k). Before a level's runs each read
+#   variant reads every stored key once (one statement each, timed: the
+#   report's "first use" table) and the usage worker's flush of those uses
+#   is waited for, so the runs measure the steady state. Rows the store
+#   variants add are deleted again (and the tables VACUUMed) before the next
+#   level.
 #   WAL per stored key: pg_current_wal_lsn() difference over N single-client
 #   adds (plus pg_stat_wal's records and full-page images), per system, with
 #   autovacuum off for that step (its WAL would count too);
@@ -55,7 +59,9 @@
 #   /var/cache/pg_byok/bench-npm) doing the same job -- read the key, GET
 #   /v1/models on the repository's mock vendor (byok-mock-vendor) on
 #   loopback, mark the key active -- for the same number of jobs, at 0 ms and
-#   150 ms vendor latency. Absent tools are reported as skipped, never faked.
+#   150 ms vendor latency; graphile-worker on this cluster once it is
+#   VACUUMed and checkpointed, the sidecars on their own with this cluster
+#   stopped. Absent tools are reported as skipped, never faked.
 #
 # Needs: pgbench, pg_waldump, python3 (the report and its SVG plots:
 # bench/report.py), cargo (for the build, the mock vendor), Node/npm for

@@ -38,7 +38,10 @@ COMMENT ON TABLE byok.key_usage IS
 CREATE FUNCTION byok._count_uses(key_ids uuid[], role_ids bigint[], hours timestamptz[],
                                  uses bigint[], last_used timestamptz[])
 RETURNS uuid[]
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+-- Planned for each call's own arrays (plan_cache_mode): a generic plan
+-- would guess ten counters and could join thousands in nested loops.
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_custom_plan AS $$
 DECLARE
     missing uuid[];
 BEGIN
@@ -55,15 +58,14 @@ BEGIN
                last_used_at = greatest(t.last_used_at, u.last_used)
           FROM u
          WHERE t.key_id = u.key_id AND t.role = u.role AND t.hour = u.hour
+        RETURNING t.key_id, t.role, t.hour
     ), fresh AS MATERIALIZED (
-        -- Counters with no row yet, by the index (the rows `added` updates
-        -- are exactly those this statement's snapshot holds), and their
-        -- keys where they exist. Every join here is an index probe, so no
-        -- plan can make a large flush quadratic.
+        -- Counters `added` found no row for, with their keys where they exist.
         SELECT u.*, k.id AS found, k.workspace_id, k.vendor, k.last_used_at AS key_last_used
-          FROM u LEFT JOIN byok.keys k ON k.id = u.key_id
-         WHERE NOT EXISTS (SELECT 1 FROM byok.key_usage t
-                            WHERE t.key_id = u.key_id AND t.role = u.role AND t.hour = u.hour)
+          FROM u
+          LEFT JOIN added a ON a.key_id = u.key_id AND a.role = u.role AND a.hour = u.hour
+          LEFT JOIN byok.keys k ON k.id = u.key_id
+         WHERE a.key_id IS NULL
     ), counted AS (
         -- ON CONFLICT: a use written through by use_key itself may have
         -- created the row since this statement's snapshot.

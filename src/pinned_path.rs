@@ -13,7 +13,6 @@
 
 use crate::error::ExtError;
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 use std::ffi::CStr;
 
 /// The value every pg_byok function runs its queries under.
@@ -60,7 +59,7 @@ pub(crate) fn require_pinned() {
 }
 
 #[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
+#[pgrx::pg_schema]
 mod tests {
     use pgrx::prelude::*;
 

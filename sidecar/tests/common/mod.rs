@@ -74,14 +74,17 @@ impl Env {
     /// Like [`Env::sidecar`] without waiting for it to be ready (for
     /// sidecars that must not get a database connection).
     pub fn spawn_sidecar(&self, name: &str, overrides: &[(&str, &str)]) -> Sidecar {
-        let metrics = format!("127.0.0.1:{}", free_port());
+        // Port 0: the sidecar binds a port of the kernel's choosing and logs
+        // it. A port found free here and bound later could be taken in
+        // between (by another sidecar's outgoing connection, say), and the
+        // sidecar would exit before doing what the test waits for.
         let url = self.cluster.url_as("sidecar");
         let mut flags: Vec<(String, String)> = [
             ("--database-url", url.as_str()),
             ("--anthropic-base-url", &self.mock.anthropic()),
             ("--openai-base-url", &self.mock.openai()),
             ("--worker-name", name),
-            ("--metrics-addr", &metrics),
+            ("--metrics-addr", "127.0.0.1:0"),
             ("--poll-interval", "0.5"),
             ("--request-timeout", "3"),
             ("--lease-seconds", "10"),
@@ -104,13 +107,17 @@ impl Env {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(BIN)
+        // The log may hold an earlier sidecar of the same name: only what
+        // this one appends counts.
+        let start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) as usize;
+        let mut child = Command::new(BIN)
             .args(flags.iter().flat_map(|(f, v)| [f.clone(), v.clone()]))
             .env_clear()
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
             .expect("spawn byok-sidecar");
+        let metrics = bound_metrics_addr(name, &log, start, &mut child);
         Sidecar {
             child: Some(child),
             name: name.to_owned(),
@@ -273,4 +280,35 @@ pub fn verdicts(db: &mut Client, id: Uuid) -> i64 {
     )
     .unwrap()
     .get(0)
+}
+
+/// The address a sidecar started with `--metrics-addr 127.0.0.1:0` serves
+/// its metrics on, from its log line "metrics on http://ADDR/metrics". A
+/// sidecar that exits first (a test of a refused start) gets an address
+/// nothing listens on.
+fn bound_metrics_addr(
+    name: &str,
+    log: &std::path::Path,
+    start: usize,
+    child: &mut Child,
+) -> String {
+    const MARK: &str = "metrics on http://";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = std::fs::read(log).unwrap_or_default();
+        let text = String::from_utf8_lossy(all.get(start..).unwrap_or_default());
+        if let Some(rest) = text.find(MARK).map(|i| &text[i + MARK.len()..]) {
+            if let Some(end) = rest.find("/metrics") {
+                return rest[..end].to_owned();
+            }
+        }
+        if child.try_wait().ok().flatten().is_some() {
+            return "127.0.0.1:1".to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} did not log its metrics address; log: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
