@@ -8,6 +8,7 @@ mod http;
 mod mock;
 pub mod pki;
 
+#[allow(unused_imports)] // free_port: only some test files use it
 pub use http::{free_port, http, http_try};
 pub use mock::{Mock, MockOptions};
 
