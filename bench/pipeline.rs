@@ -154,6 +154,19 @@ fn private_root(dir: &Path) -> PgRoot {
     root
 }
 
+/// Child processes ended when dropped: on a panic too, so a failed run
+/// leaves no sidecar or mock vendor behind (holding the bench's lock).
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// The mock vendor binary, answering after `latency_ms`; returns it and its address.
 fn start_mock(a: &Args) -> (Child, String) {
     let bin = a.bin_dir.join("byok-mock-vendor");
@@ -397,10 +410,11 @@ fn main() {
     let mut db = c.client();
     db.batch_execute("CREATE ROLE sidecar LOGIN; GRANT byok_worker TO sidecar;")
         .unwrap();
-    let (mut mock, mock_addr) = start_mock(&a);
+    let (mock, mock_addr) = start_mock(&a);
+    let mock = Children(vec![mock]);
     let logs = c.dir().join("bench-logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let mut sidecars = start_sidecars(&a, &c, &mock_addr, &logs);
+    let sidecars = Children(start_sidecars(&a, &c, &mock_addr, &logs));
     // Connected and listening before the first commit (a NOTIFY sent before
     // LISTEN would leave the start to the poll interval).
     let start = Instant::now();
@@ -451,16 +465,12 @@ fn main() {
     } else {
         serde_json::Value::Null
     };
-    let rss: Vec<u64> = sidecars.iter().map(|s| peak_rss_kb(s.id())).collect();
+    let rss: Vec<u64> = sidecars.0.iter().map(|s| peak_rss_kb(s.id())).collect();
     let peak_in_flight = mock_stats(&mock_addr)["peak_in_flight"]
         .as_u64()
         .unwrap_or(0);
-    for s in &mut sidecars {
-        let _ = s.kill();
-        let _ = s.wait();
-    }
-    let _ = mock.kill();
-    let _ = mock.wait();
+    drop(sidecars);
+    drop(mock);
     let out = serde_json::json!({
         "bench": "pipeline",
         "keys": a.keys,

@@ -331,6 +331,18 @@ pgb() {  # variant sync seconds|-t N [clients] -> pgbench output
         { echo "pgbench $v failed:" >&2; cat "$dir/pgbench.err" >&2; return 1; }
 }
 
+# Wait until the usage worker has flushed every use counter (a flushed
+# counter frees its slot), for at most 2 minutes; $1 says what a late flush
+# would spoil.
+wait_usage_flushed() {
+    local tries=0
+    until [ "$(psql_ -c "SELECT coalesce(bool_and(slots_used = 0), true) FROM byok.usage_status()")" = t ]; do
+        tries=$((tries + 1))
+        [ "$tries" -le 240 ] || { log "WARNING: no usage flush within 2 min; $1"; break; }
+        sleep 0.5
+    done
+}
+
 # Before a level's runs, every stored key is read once by each read variant,
 # one statement each (timed: the "first use" table), and the usage worker's
 # flush of those uses is waited for. The runs then measure the steady state
@@ -345,7 +357,7 @@ declare -A first_use=(
     [read-plain]="SELECT count((SELECT api_key FROM bench.plain_keys WHERE workspace_id = bench.ws(n) AND vendor = 'anthropic')) FROM generate_series(1, KEYS) n"
 )
 use_every_key() {
-    local level=$1 v a b tries
+    local level=$1 v a b
     for v in read-byok read-byok-vault read-vault read-pgcrypto read-plain; do
         if [ "$vault" = 0 ] && [[ $v == *-vault ]]; then continue; fi
         a=$(date +%s.%N)
@@ -354,12 +366,7 @@ use_every_key() {
         b=$(date +%s.%N)
         rec firstuse "$level" "$v" "$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", b - a }')"
     done
-    tries=0
-    until [ "$(psql_ -c "SELECT coalesce(bool_and(slots_used = 0), true) FROM byok.usage_status()")" = t ]; do
-        tries=$((tries + 1))
-        [ "$tries" -le 240 ] || { log "WARNING: no usage flush within 2 min after the first uses"; break; }
-        sleep 0.5
-    done
+    wait_usage_flushed "the first uses' flush may fall inside the runs"
 }
 
 run_level() {
@@ -393,12 +400,7 @@ wal_per_key() {
     # byok.key_usage (100k keys: 100k rows) within byok.usage_flush_interval.
     # Wait until every counter is flushed (a flushed counter frees its
     # slot); none is left to fall inside the measurement (adds count no uses).
-    local tries=0
-    until [ "$(psql_ -c "SELECT coalesce(bool_and(slots_used = 0), true) FROM byok.usage_status()")" = t ]; do
-        tries=$((tries + 1))
-        [ "$tries" -le 240 ] || { log "WARNING: no usage flush within 2 min; WAL figures may include one"; break; }
-        sleep 0.5
-    done
+    wait_usage_flushed "WAL figures may include one"
     for v in store-byok-superuser store-byok-postgrest store-vault store-pgcrypto store-plain; do
         if [ "$vault" = 0 ] && [ "$v" = store-vault ]; then continue; fi
         # No CHECKPOINT first: after the runs above, the pages an add touches
@@ -488,12 +490,7 @@ profile_add_key "$([ "$quick" = 1 ] && echo 200 || echo 2000)"
 # sidecars (whose cluster is their own, on the same two cores).
 log "quiescing the cluster before the pipeline: VACUUM, usage flush, CHECKPOINT"
 psql_ -c 'VACUUM ANALYZE' >/dev/null
-tries=0
-until [ "$(psql_ -c "SELECT coalesce(bool_and(slots_used = 0), true) FROM byok.usage_status()")" = t ]; do
-    tries=$((tries + 1))
-    [ "$tries" -le 240 ] || { log "WARNING: no usage flush within 2 min"; break; }
-    sleep 0.5
-done
+wait_usage_flushed "it may run beside graphile-worker"
 psql_ -c 'CHECKPOINT' >/dev/null
 vendor_for() {  # latency_ms -> starts the mock vendor, sets vendor_url
     "$mock_bin" --listen 127.0.0.1:0 --slow-ms "$1" >"$dir/mock-$1.out" 2>"$dir/mock-$1.err" &
