@@ -125,9 +125,7 @@ fn use_key(workspace_id: Option<Uuid>, vendor: Option<TextArg<'_>>) -> String {
     if let (Some(Some(key)), false) = (&read, each) {
         if let Some(blob) = key.ciphertext.as_deref() {
             let plain = crate::sealing::open_key(&key.id, &workspace_id, vendor, blob);
-            if !count_use(&key.id, caller, in_recovery) {
-                pinned(|| write_use_now(&key.id, caller));
-            }
+            record_use(&key.id, caller, in_recovery);
             return plain;
         }
     }
@@ -159,9 +157,7 @@ fn use_key_pinned(
         .raise()
     });
     let plain = decrypt(&key, workspace_id, vendor);
-    if !count_use(&key.id, caller, in_recovery) {
-        write_use_now(&key.id, caller);
-    }
+    record_use(&key.id, caller, in_recovery);
     if each {
         Spi::connect_mut(|client| {
             let args = [
@@ -235,41 +231,35 @@ fn pending_key(workspace_id: &Uuid, vendor: Vendor) -> bool {
 }
 
 /// Count the use in shared memory when a flusher serves this database (or
-/// this is a standby, where nothing else is possible). False when the use
-/// must be written to byok.key_usage in this transaction instead (no
-/// flusher here, or every slot taken): a query, so the caller pins the
-/// search_path for `write_use_now`.
-fn count_use(key_id: &Uuid, caller: pg_sys::Oid, in_recovery: bool) -> bool {
+/// this is a standby, where nothing else is possible); otherwise (no
+/// flusher here, or every slot taken) write it to byok.key_usage in this
+/// transaction. That write is a query, so it runs with the search_path
+/// pinned (a second level where the caller pinned it already).
+fn record_use(key_id: &Uuid, caller: pg_sys::Oid, in_recovery: bool) {
     // SAFETY: plain reads of backend globals.
     let (now, db) = unsafe { (pg_sys::GetCurrentTimestamp(), pg_sys::MyDatabaseId) };
+    let hour = usage::hour_of(now);
     let slot = usage::Slot {
         db: db.to_u32(),
         key_id: *key_id.as_bytes(),
         role: caller.to_u32(),
-        hour: usage::hour_of(now),
+        hour,
     };
     let shared = usage::available() && (in_recovery || usage::flusher_db() == db.to_u32());
     if shared && usage::count(slot, now) {
-        return true;
+        return;
     }
     if in_recovery {
         if usage::available() {
             usage::note_uncounted();
         }
-        return true;
+        return;
     }
-    false
-}
-
-/// The use `count_use` could not count, written through now.
-fn write_use_now(key_id: &Uuid, caller: pg_sys::Oid) {
-    // SAFETY: plain clock read.
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    write_use(key_id, caller, usage::hour_of(now), now);
+    pinned(|| write_use(key_id, caller, hour, now));
 }
 
 /// One use written through to byok.key_usage (and keys.last_used_at).
-pub(crate) fn write_use(key_id: &Uuid, role: pg_sys::Oid, hour: i64, now: i64) {
+fn write_use(key_id: &Uuid, role: pg_sys::Oid, hour: i64, now: i64) {
     let hour =
         TimestampWithTimeZone::try_from(hour).expect("the current hour is a valid timestamp");
     let now = TimestampWithTimeZone::try_from(now).expect("the current time is a valid timestamp");
